@@ -1,0 +1,114 @@
+"""The message broker: where uploads wait for the processor and events for the notifier.
+
+``Broker`` is the contract both backends keep (RabbitMQ through pika, and the
+in-process broker of the zero-configuration demo).  Consumers and the upload
+handler only ever talk to this contract, so the same code runs on both.
+
+Semantics both backends share: durable direct exchanges, durable queues,
+persistent messages, per-consumer prefetch, manual ack/nack with requeue and
+the ``redelivered`` flag, and publishes that return only once the broker has
+taken responsibility for the message (a publisher confirm) or raise
+``BrokerUnavailable``.
+"""
+
+from dataclasses import dataclass, field
+
+# The routing keys of the contract (DESIGN.md).  Exchange and queue names get a
+# deployment prefix (AMQP_PREFIX); routing keys do not.
+UPLOAD_ROUTING_KEY = "image-processing-queue"
+IMAGE_UPLOADED = "image.uploaded"
+IMAGE_FAILED = "image.failed"
+IMAGE_DELETED = "image.deleted"
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not take the message (nack, return, no connection, timeout)."""
+
+
+class Topology:
+    """Every exchange, queue and binding, under one name prefix."""
+
+    def __init__(self, prefix=""):
+        self.prefix = prefix
+        self.upload_exchange = prefix + "image-processing"
+        self.upload_queue = prefix + "image-processing-queue"
+        self.events_exchange = prefix + "photo-app"
+        self.notifications_queue = prefix + "photo-app.notifications"
+
+    @property
+    def exchanges(self):
+        return [self.upload_exchange, self.events_exchange]
+
+    @property
+    def queues(self):
+        """(queue, exchange, routing keys) for every durable queue."""
+        return [
+            (self.upload_queue, self.upload_exchange, [UPLOAD_ROUTING_KEY]),
+            (self.notifications_queue, self.events_exchange,
+             [IMAGE_UPLOADED, IMAGE_FAILED, IMAGE_DELETED]),
+        ]
+
+
+@dataclass
+class Message:
+    """One delivery.  Exactly one of ``ack()`` / ``nack()`` settles it."""
+    body: bytes
+    routing_key: str
+    message_id: str = None
+    content_type: str = None
+    headers: dict = field(default_factory=dict)
+    redelivered: bool = False
+    settle: object = field(default=None, repr=False)  # settle(ack: bool, requeue: bool)
+
+    def ack(self):
+        self.settle(True, False)
+
+    def nack(self, requeue=True):
+        self.settle(False, requeue)
+
+
+class Broker:
+    """The broker contract."""
+
+    def __init__(self, topology):
+        self.topology = topology
+
+    @property
+    def ready(self):
+        """True while a publish can be confirmed."""
+        raise NotImplementedError
+
+    async def start(self):
+        """Connect and declare the topology (in the background for RabbitMQ,
+        which keeps reconnecting for as long as the broker is open)."""
+        raise NotImplementedError
+
+    async def publish(self, exchange, routing_key, body, *, message_id=None,
+                      content_type=None, headers=None, mandatory=False):
+        """Return once the broker confirmed the message; raise BrokerUnavailable
+        if it did not (nack, unroutable with ``mandatory``, no connection, timeout)."""
+        raise NotImplementedError
+
+    def consume(self, queue, on_message, prefetch):
+        """Deliver messages of ``queue`` to ``on_message(Message)``, at most
+        ``prefetch`` unsettled at a time; survives reconnects."""
+        raise NotImplementedError
+
+    async def cancel(self, queue):
+        """Stop delivering from ``queue``; messages already delivered may still settle."""
+        raise NotImplementedError
+
+    async def close(self):
+        raise NotImplementedError
+
+    def describe(self):
+        raise NotImplementedError
+
+
+def open_broker(config):
+    topology = Topology(config.amqp_prefix)
+    if config.broker_type == "memory":
+        from broker.memory import MemoryBroker
+        return MemoryBroker(topology)
+    from broker.rabbitmq import RabbitMQBroker
+    return RabbitMQBroker(topology, config.amqp_url, confirm_timeout=config.confirm_timeout)

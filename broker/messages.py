@@ -1,0 +1,86 @@
+"""The two message contracts (DESIGN.md, README "Messages").
+
+Upload: exchange ``image-processing``, routing key ``image-processing-queue``,
+the raw image bytes as body, ``message_id`` = request id, ``content_type`` = the
+sniffed mime type, persistent, headers ``nickname``, ``filename``, ``size``.
+
+Notification: exchange ``photo-app``, routing key = the event name, a JSON body
+with ``event``, ``image_id``, ``request_id``, ``nickname``, ``mime_type``,
+``width``, ``height``, ``size``, ``url`` (and ``error`` for ``image.failed``);
+``message_id`` = ``"{event}:{request_id}"``, so a notification published twice
+for one upload carries one id.
+"""
+
+import json
+from dataclasses import dataclass
+
+MAX_NICKNAME = 100
+
+
+class InvalidUpload(ValueError):
+    """An upload message (or form) that can never be processed."""
+
+
+def clean_nickname(value):
+    """The nickname trimmed, or InvalidUpload: required, 1-100 characters."""
+    nickname = (value or "").strip()
+    if not nickname:
+        raise InvalidUpload("nickname is required")
+    if len(nickname) > MAX_NICKNAME:
+        raise InvalidUpload("nickname is longer than %d characters" % MAX_NICKNAME)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in nickname):
+        raise InvalidUpload("nickname contains control characters")
+    return nickname
+
+
+@dataclass
+class Upload:
+    request_id: str
+    nickname: str
+    filename: str
+    mime_type: str
+    data: bytes
+
+    def publish_args(self):
+        """Keyword arguments for ``Broker.publish`` (after exchange and routing key)."""
+        return dict(body=self.data, message_id=self.request_id, content_type=self.mime_type,
+                    headers={"nickname": self.nickname, "filename": self.filename,
+                             "size": len(self.data)})
+
+    @classmethod
+    def from_message(cls, message):
+        """Read an upload message; InvalidUpload if it breaks the contract."""
+        if not message.message_id:
+            raise InvalidUpload("the message has no message_id (the request id)")
+        headers = message.headers or {}
+        nickname = headers.get("nickname")
+        if isinstance(nickname, bytes):
+            nickname = nickname.decode("utf-8", "replace")
+        filename = headers.get("filename") or ""
+        if isinstance(filename, bytes):
+            filename = filename.decode("utf-8", "replace")
+        upload = cls(message.message_id, "", filename, message.content_type or "",
+                     message.body)
+        upload.nickname = clean_nickname(nickname)
+        return upload
+
+
+def event_message_id(event, request_id):
+    return "%s:%s" % (event, request_id)
+
+
+def image_event(event, request_id, image=None, upload=None, error=None):
+    """The JSON body of a notification, from a stored image or a failed upload."""
+    body = {"event": event, "request_id": request_id, "image_id": None,
+            "nickname": upload.nickname if upload else None,
+            "mime_type": upload.mime_type if upload else None,
+            "width": None, "height": None,
+            "size": len(upload.data) if upload else None, "url": None}
+    if image is not None:
+        body.update(image_id=image["id"], nickname=image["nickname"],
+                    mime_type=image["mime_type"], width=image["width"],
+                    height=image["height"], size=image["size"],
+                    url="/api/images/%s/content" % image["id"])
+    if error is not None:
+        body["error"] = error
+    return json.dumps(body).encode()

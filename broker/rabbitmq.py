@@ -1,0 +1,293 @@
+"""RabbitMQ through pika's ``TornadoConnection``: the only module that speaks pika.
+
+One connection per process, created on the running IOLoop, with
+
+* a publishing channel in confirm mode: every publish waits for the broker's
+  ack; a nack, a ``mandatory`` return, a closed connection, a blocked
+  connection (memory or disk alarm) or a timeout raises ``BrokerUnavailable``;
+* one channel per consumer, with its own prefetch.
+
+When the connection drops, a reconnect is scheduled on the loop with a
+growing delay (1 s doubling to 30 s); the topology is declared again and every
+consumer resumes.  The loop itself is never stopped and nothing sleeps on it.
+"""
+
+import asyncio
+import logging
+import urllib.parse
+
+import pika
+from pika.adapters.tornado_connection import TornadoConnection
+from tornado.ioloop import IOLoop
+
+from broker import Broker, BrokerUnavailable, Message
+
+log = logging.getLogger(__name__)
+
+MIN_DELAY, MAX_DELAY = 1.0, 30.0
+
+
+def _redact(url):
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@"))
+    return urllib.parse.urlunsplit(parts)
+
+
+class _Callback:
+    """Turns one pika callback into an awaitable; fails if the connection drops first."""
+
+    def __init__(self, broker):
+        self.future = asyncio.get_running_loop().create_future()
+        broker._waiters.add(self.future)
+        self.future.add_done_callback(broker._waiters.discard)
+
+    def __call__(self, *args):
+        if not self.future.done():
+            self.future.set_result(args[-1] if args else None)
+
+
+class RabbitMQBroker(Broker):
+    def __init__(self, topology, url, confirm_timeout=10.0):
+        super().__init__(topology)
+        self.url = url
+        self.confirm_timeout = confirm_timeout
+        self._connection = None
+        self._channel = None          # the publishing channel, once confirms are on
+        self._blocked = False
+        self._closing = False
+        self._lost = None             # resolves when the current connection closes
+        self._runner = None
+        self._waiters = set()         # futures to fail when the connection drops
+        self._pending = {}            # delivery tag -> (future, message id)
+        self._returned = set()        # message ids returned as unroutable
+        self._next_tag = 0
+        self._consumers = {}          # queue -> (on_message, prefetch)
+        self._consumer_channels = {}  # queue -> (channel, consumer tag)
+        self.connected = asyncio.Event()
+
+    @property
+    def ready(self):
+        return self._channel is not None and self._channel.is_open and not self._blocked
+
+    def describe(self):
+        prefix = self.topology.prefix
+        return "rabbitmq at %s%s" % (_redact(self.url),
+                                     " (name prefix %r)" % prefix if prefix else "")
+
+    async def start(self):
+        self._runner = asyncio.ensure_future(self._run())
+
+    # -- connection lifecycle ------------------------------------------------
+
+    async def _run(self):
+        delay = MIN_DELAY
+        while not self._closing:
+            try:
+                await self._connect()
+                delay = MIN_DELAY
+                log.info("rabbitmq connected, topology declared")
+                self.connected.set()
+                await self._lost
+            except Exception as exc:  # any failure leads to the same reconnect
+                if not self._closing:
+                    log.warning("rabbitmq unavailable: %s", exc or type(exc).__name__)
+            self.connected.clear()
+            self._drop("rabbitmq connection lost")
+            if self._closing:
+                break
+            log.info("rabbitmq: reconnecting in %.0f s", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
+
+    async def _connect(self):
+        loop = asyncio.get_running_loop()
+        self._lost = loop.create_future()
+        opened = loop.create_future()
+
+        def on_open(connection):
+            if not opened.done():
+                opened.set_result(connection)
+
+        def on_open_error(connection, exc):
+            if not opened.done():
+                opened.set_exception(BrokerUnavailable("cannot connect: %s" % exc))
+
+        def on_close(connection, reason):
+            self._drop("rabbitmq connection closed: %s" % reason)
+            if not self._lost.done():
+                self._lost.set_result(reason)
+            if not opened.done():
+                opened.set_exception(BrokerUnavailable("closed: %s" % reason))
+
+        params = pika.URLParameters(self.url)
+        params.heartbeat = 30
+        params.blocked_connection_timeout = 60
+        self._connection = TornadoConnection(
+            params, on_open_callback=on_open, on_open_error_callback=on_open_error,
+            on_close_callback=on_close, custom_ioloop=IOLoop.current())
+        connection = await opened
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
+        channel = await self._open_channel()
+        await self._declare(channel)
+        channel.add_on_return_callback(self._on_return)
+        done = _Callback(self)
+        channel.confirm_delivery(self._on_confirm, callback=done)
+        await done.future
+        self._next_tag = 0
+        self._channel = channel
+        for queue in list(self._consumers):
+            await self._start_consumer(queue)
+
+    async def _open_channel(self):
+        opened = _Callback(self)
+        channel = self._connection.channel(on_open_callback=opened)
+        channel.add_on_close_callback(self._on_channel_closed)
+        await opened.future
+        return channel
+
+    def _on_channel_closed(self, channel, reason):
+        # A channel closed by the broker (a failed declare, a bad ack) is rare and
+        # means our state is wrong: start over with a fresh connection.
+        if not self._closing and self._connection and self._connection.is_open:
+            log.warning("rabbitmq channel %s closed: %s; reconnecting",
+                        channel.channel_number, reason)
+            self._connection.close()
+
+    async def _declare(self, channel):
+        for exchange in self.topology.exchanges:
+            done = _Callback(self)
+            channel.exchange_declare(exchange, "direct", durable=True, callback=done)
+            await done.future
+        for queue, exchange, keys in self.topology.queues:
+            done = _Callback(self)
+            channel.queue_declare(queue, durable=True, callback=done)
+            await done.future
+            for key in keys:
+                done = _Callback(self)
+                channel.queue_bind(queue, exchange, routing_key=key, callback=done)
+                await done.future
+
+    def _on_blocked(self, connection, frame):
+        log.warning("rabbitmq blocked the connection (resource alarm): refusing uploads")
+        self._blocked = True  # publishes already sent wait for their confirm or time out
+
+    def _on_unblocked(self, connection, frame):
+        log.info("rabbitmq unblocked the connection")
+        self._blocked = False
+
+    def _drop(self, reason):
+        """Forget the dead connection: fail everything that waited on it."""
+        self._channel = None
+        self._blocked = False
+        self._consumer_channels.clear()
+        self._fail_pending(reason)
+        for waiter in list(self._waiters):
+            if not waiter.done():
+                waiter.set_exception(BrokerUnavailable(reason))
+
+    def _fail_pending(self, reason):
+        pending, self._pending = self._pending, {}
+        self._returned.clear()
+        for future, _ in pending.values():
+            if not future.done():
+                future.set_exception(BrokerUnavailable(reason))
+
+    async def close(self):
+        self._closing = True
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()
+        if self._runner is not None:
+            try:
+                await asyncio.wait_for(self._runner, 5)
+            except asyncio.TimeoutError:
+                self._runner.cancel()
+
+    # -- publishing -----------------------------------------------------------
+
+    async def publish(self, exchange, routing_key, body, *, message_id=None,
+                      content_type=None, headers=None, mandatory=False):
+        if not self.ready:
+            raise BrokerUnavailable("not connected to rabbitmq" if not self._blocked
+                                    else "the broker is blocking publishes (resource alarm)")
+        properties = pika.BasicProperties(
+            message_id=message_id, content_type=content_type, headers=headers or {},
+            delivery_mode=pika.DeliveryMode.Persistent)
+        future = asyncio.get_running_loop().create_future()
+        self._next_tag += 1
+        self._pending[self._next_tag] = (future, message_id)
+        self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.confirm_timeout)
+        except asyncio.TimeoutError:
+            raise BrokerUnavailable("no confirm from rabbitmq within %.1f s"
+                                    % self.confirm_timeout) from None
+
+    def _on_return(self, channel, method, properties, body):
+        log.warning("rabbitmq returned message %s: %s", properties.message_id, method.reply_text)
+        self._returned.add(properties.message_id)
+
+    def _on_confirm(self, frame):
+        method = frame.method
+        ack = isinstance(method, pika.spec.Basic.Ack)
+        tags = ([t for t in self._pending if t <= method.delivery_tag] if method.multiple
+                else [method.delivery_tag])
+        for tag in tags:
+            future, message_id = self._pending.pop(tag, (None, None))
+            if future is None or future.done():
+                continue
+            if not ack:
+                future.set_exception(BrokerUnavailable("rabbitmq refused the message (nack)"))
+            elif message_id in self._returned:
+                self._returned.discard(message_id)
+                future.set_exception(BrokerUnavailable("no queue took the message (returned)"))
+            else:
+                future.set_result(None)
+
+    # -- consuming ------------------------------------------------------------
+
+    def consume(self, queue, on_message, prefetch):
+        self._consumers[queue] = (on_message, prefetch)
+        if self._channel is not None:
+            asyncio.ensure_future(self._start_consumer(queue))
+
+    async def _start_consumer(self, queue):
+        on_message, prefetch = self._consumers[queue]
+        channel = await self._open_channel()
+        done = _Callback(self)
+        channel.basic_qos(prefetch_count=prefetch, callback=done)
+        await done.future
+
+        def deliver(ch, method, properties, body):
+            on_message(Message(
+                body, method.routing_key, properties.message_id, properties.content_type,
+                dict(properties.headers or {}), method.redelivered,
+                settle=self._settler(ch, method.delivery_tag)))
+
+        done = _Callback(self)
+        tag = channel.basic_consume(queue, deliver, callback=done)
+        await done.future
+        self._consumer_channels[queue] = (channel, tag)
+
+    @staticmethod
+    def _settler(channel, delivery_tag):
+        def settle(ack, requeue):
+            if not channel.is_open:
+                return  # the broker requeues it when the channel closes
+            if ack:
+                channel.basic_ack(delivery_tag)
+            else:
+                channel.basic_nack(delivery_tag, requeue=requeue)
+        return settle
+
+    async def cancel(self, queue):
+        self._consumers.pop(queue, None)
+        channel, tag = self._consumer_channels.pop(queue, (None, None))
+        if channel is not None and channel.is_open:
+            done = _Callback(self)
+            channel.basic_cancel(tag, callback=done)
+            try:
+                await asyncio.wait_for(done.future, 5)
+            except (asyncio.TimeoutError, BrokerUnavailable):
+                pass

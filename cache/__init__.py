@@ -1,0 +1,73 @@
+"""The read cache for image bytes, keyed by image id.
+
+Images never change once stored, so entries never go stale; they only leave
+when memory is short (or, later, when an image is deleted).  An entry keeps the
+bytes as bytes beside their mime type and ETag; nothing is joined by a
+separator that could occur in image data.
+
+A cache is optional at run time: every backend turns its own failures into a
+logged warning and a miss, so a read falls through to the database.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    data: bytes
+    mime_type: str
+    etag: str
+
+
+class Cache:
+    """The cache contract."""
+
+    async def get(self, image_id):
+        """The CachedImage for ``image_id``, or None on a miss or a cache fault."""
+        raise NotImplementedError
+
+    async def set(self, image_id, entry):
+        raise NotImplementedError
+
+    async def delete(self, image_id):
+        raise NotImplementedError
+
+    async def ping(self):
+        """True when the cache answers (an absent cache always does)."""
+        raise NotImplementedError
+
+    async def close(self):
+        pass
+
+    def describe(self):
+        raise NotImplementedError
+
+
+class NoCache(Cache):
+    """The cache turned off: every read goes to the database."""
+
+    async def get(self, image_id):
+        return None
+
+    async def set(self, image_id, entry):
+        pass
+
+    async def delete(self, image_id):
+        pass
+
+    async def ping(self):
+        return True
+
+    def describe(self):
+        return "none (reads go to the database)"
+
+
+def open_cache(config):
+    if config.cache_type == "none":
+        return NoCache()
+    if config.cache_type == "memory":
+        from cache.memory import MemoryCache
+        return MemoryCache(config.cache_max_bytes)
+    from cache.redis import RedisCache
+    return RedisCache(config.cache_url, prefix=config.cache_prefix,
+                      timeout=config.cache_timeout)

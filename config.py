@@ -1,0 +1,174 @@
+"""Configuration: environment variables, overridden by command-line flags.
+
+Every setting has one name in the environment (``DATABASE_URL``) and one flag
+(``--database-url``).  The seed's older names (``DB_TYPE``, ``REDIS_HOST``,
+``RABBITMQ_HOST`` ...) are folded into the URL forms here, so the rest of the
+code only ever sees ``database_url``, ``redis_url`` and ``amqp_url``.
+"""
+
+import argparse
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+
+ROLES = ("web", "processor", "notifier")
+HERE = os.path.dirname(os.path.abspath(__file__))
+MIB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A configuration that cannot work; the message says what to change."""
+
+
+@dataclass
+class Config:
+    roles: tuple = ROLES
+    port: int = 5000
+    address: str = ""
+    # "sqlite:///path" or "postgresql://user:password@host:port/dbname"
+    database_url: str = ""
+    # "memory" (the in-process broker) or "amqp://user:password@host:port/vhost"
+    amqp_url: str = "memory"
+    # "memory", "none" or "redis://host:port/db"
+    cache_url: str = "memory"
+    # Prefixes keep several deployments (or test runs) apart on shared services.
+    amqp_prefix: str = ""
+    cache_prefix: str = "photo-app:"
+    max_upload_bytes: int = 16 * MIB
+    prefetch: int = 4
+    confirm_timeout: float = 10.0
+    shutdown_timeout: float = 15.0
+    cache_max_bytes: int = 64 * MIB
+    cache_timeout: float = 0.5
+    db_pool_size: int = 8
+    image_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_image_pixels: int = 50_000_000
+    xsrf_secret: str = ""
+
+    @property
+    def db_type(self):
+        return "postgres" if self.database_url.startswith("postgres") else "sqlite"
+
+    @property
+    def broker_type(self):
+        return "memory" if self.amqp_url == "memory" else "rabbitmq"
+
+    @property
+    def cache_type(self):
+        return self.cache_url.split(":", 1)[0]
+
+    def validate(self):
+        unknown = set(self.roles) - set(ROLES)
+        if unknown or not self.roles:
+            raise ConfigError(
+                "--role takes all, web, processor, notifier or a comma list of them; "
+                "got %s" % ",".join(sorted(unknown) or ["nothing"]))
+        if self.broker_type == "memory" and set(self.roles) != set(ROLES):
+            raise ConfigError(
+                "role %s needs a real RabbitMQ: the in-process broker only connects "
+                "roles inside one process. Set AMQP_URL (or RABBITMQ_HOST), or run "
+                "--role=all." % ",".join(self.roles))
+        if self.cache_type not in ("memory", "none", "redis", "rediss"):
+            raise ConfigError("REDIS_URL must be redis://..., 'memory' or 'none'; got %r"
+                              % self.cache_url)
+        if self.database_url.split(":", 1)[0] not in ("sqlite", "postgres", "postgresql"):
+            raise ConfigError("DATABASE_URL must be sqlite:///path or postgresql://...; got %r"
+                              % self.database_url)
+        return self
+
+
+def _database_url(env):
+    if env.get("DATABASE_URL"):
+        return env["DATABASE_URL"]
+    db_type = env.get("DB_TYPE", "sqlite").lower()
+    if db_type in ("postgres", "postgresql"):
+        user = env.get("PGUSER", "postgres")
+        password = env.get("PGPASSWORD", "")
+        auth = urllib.parse.quote(user, safe="")
+        if password:
+            auth += ":" + urllib.parse.quote(password, safe="")
+        return "postgresql://%s@%s:%s/%s" % (
+            auth, env.get("PGHOST", "127.0.0.1"), env.get("PGPORT", "5432"),
+            env.get("PGDATABASE", "photo_app"))
+    if db_type != "sqlite":
+        raise ConfigError("DB_TYPE must be sqlite or postgres; got %r" % db_type)
+    path = env.get("SQLITE_DB_PATH") or os.path.join(HERE, "data", "photo-app.db")
+    return "sqlite:///" + os.path.abspath(path)
+
+
+def _amqp_url(env):
+    if env.get("AMQP_URL"):
+        return env["AMQP_URL"]
+    if env.get("RABBITMQ_HOST"):
+        return "amqp://%s:%s@%s:%s/%%2F" % (
+            env.get("RABBITMQ_USER", "guest"), env.get("RABBITMQ_PASSWORD", "guest"),
+            env["RABBITMQ_HOST"], env.get("RABBITMQ_PORT", "5672"))
+    return "memory"
+
+
+def _cache_url(env):
+    if env.get("REDIS_URL"):
+        return env["REDIS_URL"]
+    if env.get("REDIS_HOST"):
+        return "redis://%s:%s/%s" % (env["REDIS_HOST"], env.get("REDIS_PORT", "6379"),
+                                     env.get("REDIS_DB", "0"))
+    return "memory"
+
+
+# (flag, environment variable, Config field, type, help)
+_SETTINGS = [
+    ("--port", "PORT", "port", int, "HTTP port (web role)"),
+    ("--address", "ADDRESS", "address", str, "HTTP listen address (default: all)"),
+    ("--database-url", None, "database_url", str,
+     "sqlite:///path or postgresql://... (env DATABASE_URL, or DB_TYPE/SQLITE_DB_PATH/PG*)"),
+    ("--amqp-url", None, "amqp_url", str,
+     "amqp://... or 'memory' (env AMQP_URL, or RABBITMQ_HOST/RABBITMQ_PORT)"),
+    ("--redis-url", None, "cache_url", str,
+     "redis://host:port/db, 'memory' or 'none' (env REDIS_URL, or REDIS_HOST/PORT/DB)"),
+    ("--amqp-prefix", "AMQP_PREFIX", "amqp_prefix", str, "prefix for exchange and queue names"),
+    ("--cache-prefix", "CACHE_PREFIX", "cache_prefix", str, "prefix for cache keys"),
+    ("--max-upload-bytes", "MAX_UPLOAD_BYTES", "max_upload_bytes", int,
+     "largest accepted image file"),
+    ("--prefetch", "PREFETCH", "prefetch", int, "unacked messages per consumer"),
+    ("--confirm-timeout", "CONFIRM_TIMEOUT", "confirm_timeout", float,
+     "seconds to wait for the broker's publish confirm"),
+    ("--shutdown-timeout", "SHUTDOWN_TIMEOUT", "shutdown_timeout", float,
+     "seconds in-flight messages get to finish at shutdown"),
+    ("--cache-max-bytes", "CACHE_MAX_BYTES", "cache_max_bytes", int,
+     "size of the in-memory cache"),
+    ("--cache-timeout", "CACHE_TIMEOUT", "cache_timeout", float,
+     "seconds before a Redis call is given up"),
+    ("--db-pool-size", "DB_POOL_SIZE", "db_pool_size", int, "database connections"),
+    ("--image-workers", "IMAGE_WORKERS", "image_workers", int, "threads for image work"),
+    ("--max-image-pixels", "MAX_IMAGE_PIXELS", "max_image_pixels", int,
+     "largest accepted width x height"),
+    ("--xsrf-secret", "XSRF_SECRET", "xsrf_secret", str, "cookie secret for page forms"),
+]
+
+
+def load_config(argv=None, environ=None):
+    """Build the configuration from ``environ`` (default os.environ), then ``argv``."""
+    env = dict(os.environ if environ is None else environ)
+    config = Config()
+    config.database_url = _database_url(env)
+    config.amqp_url = _amqp_url(env)
+    config.cache_url = _cache_url(env)
+    if env.get("CACHE") in ("memory", "none"):
+        config.cache_url = env["CACHE"]
+    for _flag, name, attr, kind, _help in _SETTINGS:
+        if name and env.get(name):
+            setattr(config, attr, kind(env[name]))
+
+    parser = argparse.ArgumentParser(description="Photo App: upload and serve photos.")
+    parser.add_argument("--role", default=env.get("ROLE", "all"),
+                        help="all (default), web, processor, notifier, or a comma list")
+    for flag, _name, attr, kind, text in _SETTINGS:
+        parser.add_argument(flag, dest=attr, type=kind, default=None, help=text)
+    args = parser.parse_args(argv)
+    for _flag, _name, attr, _kind, _help in _SETTINGS:
+        value = getattr(args, attr)
+        if value is not None:
+            setattr(config, attr, value)
+    roles = [r.strip() for r in args.role.split(",") if r.strip()]
+    config.roles = ROLES if roles == ["all"] else tuple(dict.fromkeys(roles))
+    return config.validate()

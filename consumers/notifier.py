@@ -1,0 +1,54 @@
+"""The notifier: ``image.*`` events in, actions out.
+
+Each event runs every configured action once: an action that succeeded is
+recorded under the event's message id, so a redelivered event skips it (and
+runs only the ones that had not finished).  This release ships the log action;
+webhook and e-mail actions are further entries in ``ACTIONS``.
+"""
+
+import json
+import sys
+import logging
+
+from broker.messages import event_message_id
+from consumers.base import Consumer
+
+log = logging.getLogger(__name__)
+events_log = logging.getLogger("photo_app.notifications")
+
+
+async def log_action(event):
+    """One structured line per event."""
+    events_log.info("notification %s", json.dumps(event, sort_keys=True))
+
+
+ACTIONS = {"log": log_action}
+
+
+class Notifier(Consumer):
+    QUEUE = "notifications_queue"
+
+    def __init__(self, context, actions=None):
+        super().__init__(context)
+        self.actions = dict(actions or ACTIONS)
+
+    async def handle(self, message):
+        try:
+            event = json.loads(message.body)
+            key = message.message_id or event_message_id(event["event"], event["request_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("dropping a notification that breaks the contract (%s): %r",
+                        exc, message.body[:200])
+            return
+        storage = self.context.storage
+        for name, action in self.actions.items():
+            done_key = "%s:%s" % (name, key)
+            if await storage.event_done(done_key):
+                continue
+            await action(event)
+            await storage.record_event(done_key)
+
+
+if __name__ == "__main__":
+    import server
+    server.main(["--role=notifier", *sys.argv[1:]])

@@ -1,0 +1,44 @@
+"""The context: configuration and open backends, handed to every handler and consumer.
+
+``open_context`` is the one place that picks and opens the database, cache and
+broker from the configuration, and says on the log which is in use and where.
+"""
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from broker import open_broker
+from cache import open_cache
+from storage import open_storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    config: object
+    storage: object
+    cache: object
+    broker: object
+    image_executor: ThreadPoolExecutor
+
+
+async def open_context(config):
+    storage = open_storage(config)
+    log.info("database: %s", storage.describe())
+    await storage.migrate()
+    cache = open_cache(config)
+    log.info("cache: %s", cache.describe())
+    broker = open_broker(config)
+    log.info("broker: %s", broker.describe())
+    await broker.start()
+    executor = ThreadPoolExecutor(config.image_workers, thread_name_prefix="image")
+    return Context(config, storage, cache, broker, executor)
+
+
+async def close_context(context):
+    await context.broker.close()
+    await context.cache.close()
+    await context.storage.close()
+    context.image_executor.shutdown(wait=True)

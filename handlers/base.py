@@ -1,0 +1,64 @@
+"""What every handler shares: the context, JSON errors and JSON answers."""
+
+import json
+
+import tornado.web
+from tornado.log import app_log
+
+from storage import StorageError
+
+
+class ApiError(tornado.web.HTTPError):
+    """An error answered as ``{"error": ..., "detail": ...}`` with ``status``."""
+
+    def __init__(self, status, error, detail=None, retry_after=None):
+        super().__init__(status, reason=None)
+        self.error = error
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    def initialize(self, context):
+        self.context = context
+        self.config = context.config
+
+    def set_default_headers(self):
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def write_json(self, value, status=200):
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(value))
+
+    def log_exception(self, typ, value, tb):
+        if isinstance(value, StorageError):
+            app_log.warning("%s %s: database unavailable: %s", self.request.method,
+                            self.request.path, value)
+            return
+        super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, StorageError):
+            status_code, error, detail = 503, "database unavailable", str(exc)
+            self.set_header("Retry-After", "5")
+        elif isinstance(exc, ApiError):
+            error, detail = exc.error, exc.detail
+            if exc.retry_after:
+                self.set_header("Retry-After", str(exc.retry_after))
+        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+            error, detail = self._reason, exc.log_message
+        else:
+            error, detail = self._reason, None
+        self.clear_header("Content-Disposition")
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": error, "detail": detail}))
+
+
+class NotFoundHandler(BaseHandler):
+    """Every unknown path: a JSON 404."""
+
+    def prepare(self):
+        raise ApiError(404, "not found", "no route for %s" % self.request.path)

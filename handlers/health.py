@@ -1,0 +1,33 @@
+"""Liveness and readiness."""
+
+from handlers.base import BaseHandler
+from storage import StorageError
+
+
+class HealthHandler(BaseHandler):
+    """``GET /healthz``: the process is up and its IOLoop answers."""
+
+    def get(self):
+        self.write_json({"status": "ok"})
+
+
+class ReadyHandler(BaseHandler):
+    """``GET /readyz``: 200 when uploads can be taken and images read, else 503
+    naming what is down.  A cache that is down is reported but does not make
+    the service unready: reads then go to the database."""
+
+    async def get(self):
+        checks = {}
+        try:
+            await self.context.storage.ping()
+            checks["database"] = "ok"
+        except StorageError as exc:
+            checks["database"] = "down: %s" % exc
+        checks["broker"] = "ok" if self.context.broker.ready else "down: not connected"
+        checks["cache"] = ("ok" if await self.context.cache.ping()
+                           else "down (reads go to the database)")
+        down = [name for name in ("database", "broker") if checks[name] != "ok"]
+        if down:
+            self.set_header("Retry-After", "5")
+        self.write_json({"status": "unavailable: " + ", ".join(down) if down else "ok",
+                         "checks": checks}, status=503 if down else 200)

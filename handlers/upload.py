@@ -1,0 +1,106 @@
+"""Accepting uploads: check the request, hand the bytes to the broker, answer 202.
+
+The body is streamed in (``stream_request_body``) so the size limit is judged
+from ``Content-Length`` before anything is buffered, and a body that grows past
+it is cut off.  The upload is answered ``202`` only after the broker confirmed
+the message; when it cannot (no connection, nack, return, timeout) the answer is
+``503`` with ``Retry-After`` and the queued status row is removed again, so an
+upload is either safely in the broker or refused, never both.
+"""
+
+import logging
+import uuid
+
+import tornado.web
+from tornado.httputil import HTTPInputError, parse_body_arguments
+
+import imaging
+from broker import UPLOAD_ROUTING_KEY, BrokerUnavailable
+from broker.messages import InvalidUpload, Upload, clean_nickname
+from handlers.base import ApiError, BaseHandler
+
+log = logging.getLogger(__name__)
+
+# Room for the multipart framing and the nickname around the image itself.
+MULTIPART_OVERHEAD = 64 * 1024
+RETRY_AFTER = 5
+
+
+@tornado.web.stream_request_body
+class UploadHandler(BaseHandler):
+    """``POST /api/images`` with multipart fields ``nickname`` and ``image_data``."""
+
+    def check_xsrf_cookie(self):
+        pass  # anonymous uploads from programs carry no one's authority
+
+    def prepare(self):
+        self._chunks = []
+        limit = self.config.max_upload_bytes + MULTIPART_OVERHEAD
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise self.too_large()
+        self.request.connection.set_max_body_size(limit)
+
+    def data_received(self, chunk):
+        self._chunks.append(chunk)
+
+    def too_large(self):
+        return ApiError(413, "image too large", "the limit is %d bytes"
+                        % self.config.max_upload_bytes)
+
+    async def post(self):
+        upload = self.read_upload()
+        await self.accept(upload)
+        self.write_json({"request_id": upload.request_id, "status": "queued",
+                         "status_url": "/api/uploads/%s" % upload.request_id}, status=202)
+
+    def read_upload(self):
+        """The Upload in the request body, or the ApiError that refuses it."""
+        body, self._chunks = b"".join(self._chunks), None
+        arguments, files = {}, {}
+        content_type = self.request.headers.get("Content-Type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise ApiError(400, "bad request", "send multipart/form-data with the fields "
+                           "nickname and image_data")
+        try:
+            parse_body_arguments(content_type, body, arguments, files, self.request.headers)
+        except HTTPInputError as exc:
+            raise ApiError(400, "bad request", "malformed multipart body: %s" % exc) from None
+        try:
+            nickname = clean_nickname(b"".join(arguments.get("nickname", [b""])[:1])
+                                      .decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ApiError(400, "bad nickname", "nickname is not valid UTF-8") from None
+        except InvalidUpload as exc:
+            raise ApiError(400, "bad nickname", str(exc)) from None
+        uploaded = files.get("image_data")
+        if not uploaded or not uploaded[0].body:
+            raise ApiError(400, "missing file", "attach the image as the field image_data")
+        data = uploaded[0].body
+        if len(data) > self.config.max_upload_bytes:
+            raise self.too_large()
+        mime_type = imaging.sniff_mime(data)
+        if mime_type not in imaging.ACCEPTED_TYPES:
+            raise ApiError(415, "unsupported image type",
+                           "the file is not one of %s" % ", ".join(imaging.ACCEPTED_TYPES))
+        return Upload(uuid.uuid4().hex, nickname, uploaded[0].filename or "", mime_type, data)
+
+    async def accept(self, upload):
+        """Record the upload as queued and publish it; 503 unless the broker confirms."""
+        broker = self.context.broker
+        if not broker.ready:
+            raise self.unavailable("the message broker is not connected")
+        await self.context.storage.create_upload(upload.request_id, upload.nickname)
+        try:
+            await broker.publish(broker.topology.upload_exchange, UPLOAD_ROUTING_KEY,
+                                 mandatory=True, **upload.publish_args())
+        except BrokerUnavailable as exc:
+            log.warning("upload %s refused: %s", upload.request_id, exc)
+            await self.context.storage.delete_upload(upload.request_id)
+            raise self.unavailable(str(exc)) from None
+        log.info("upload %s accepted: %s, %d bytes, nickname %r", upload.request_id,
+                 upload.mime_type, len(upload.data), upload.nickname)
+
+    @staticmethod
+    def unavailable(detail):
+        return ApiError(503, "upload not accepted, try again", detail, retry_after=RETRY_AFTER)

@@ -1,0 +1,107 @@
+"""Where images and upload statuses live.
+
+``Storage`` is the contract every backend keeps; ``open_storage`` picks one from
+the configured URL.  Backends run their blocking database calls in their own
+thread pool, so every method here is a coroutine that is safe on the IOLoop.
+
+An upload moves ``queued`` -> ``processing`` -> ``stored`` | ``failed``.  The
+request id is unique across both tables, which is what makes a redelivered
+upload store once.
+"""
+
+from dataclasses import dataclass
+
+QUEUED, PROCESSING, STORED, FAILED = "queued", "processing", "stored", "failed"
+
+
+class StorageError(Exception):
+    """The database could not be reached or refused the call (a transient fault)."""
+
+
+@dataclass
+class NewImage:
+    """A validated image, ready to store."""
+    nickname: str
+    mime_type: str
+    data: bytes
+    width: int
+    height: int
+    sha256: str
+
+    @property
+    def size(self):
+        return len(self.data)
+
+
+class Storage:
+    """The storage contract.  Images are dicts with ``id``, ``request_id``,
+    ``nickname``, ``mime_type``, ``size``, ``width``, ``height``, ``sha256`` and
+    ``created_at`` (ISO 8601, UTC); uploads are dicts with ``request_id``,
+    ``nickname``, ``status``, ``image_id``, ``error``, ``created_at`` and
+    ``updated_at``."""
+
+    db_type = None
+
+    async def migrate(self):
+        """Bring the schema to the current version; safe to race with other processes."""
+        raise NotImplementedError
+
+    async def ping(self):
+        """Raise StorageError unless the database answers."""
+        raise NotImplementedError
+
+    async def create_upload(self, request_id, nickname):
+        """Record an upload as ``queued`` before it is handed to the broker."""
+        raise NotImplementedError
+
+    async def delete_upload(self, request_id):
+        """Forget a ``queued`` upload the broker refused (it was never accepted)."""
+        raise NotImplementedError
+
+    async def get_upload(self, request_id):
+        raise NotImplementedError
+
+    async def mark_processing(self, request_id, nickname):
+        """``queued`` -> ``processing``; creates the row for uploads published by
+        other AMQP clients.  Returns the upload, whose status may already be final."""
+        raise NotImplementedError
+
+    async def mark_failed(self, request_id, nickname, reason):
+        """End an upload ``failed`` with ``reason`` (never overrides ``stored``)."""
+        raise NotImplementedError
+
+    async def store_image(self, request_id, image):
+        """Store ``image`` (a NewImage) and mark the upload ``stored``, in one
+        transaction.  A request id stored before returns the image stored then."""
+        raise NotImplementedError
+
+    async def get_image(self, image_id):
+        raise NotImplementedError
+
+    async def get_image_content(self, image_id):
+        """Return ``(data, mime_type, sha256)`` or None."""
+        raise NotImplementedError
+
+    async def event_done(self, key):
+        """True once ``record_event(key)`` has been called (notifier idempotency)."""
+        raise NotImplementedError
+
+    async def record_event(self, key):
+        raise NotImplementedError
+
+    async def close(self):
+        raise NotImplementedError
+
+    def describe(self):
+        """One line for the start-up log: which database, where."""
+        raise NotImplementedError
+
+
+def open_storage(config):
+    """The backend named by ``config.database_url`` (not yet migrated)."""
+    if config.db_type == "postgres":
+        from storage.postgres import PostgresStorage
+        return PostgresStorage(config.database_url, pool_size=config.db_pool_size)
+    from storage.sqlite import SQLiteStorage
+    return SQLiteStorage(config.database_url[len("sqlite:///"):] or ":memory:",
+                         threads=config.db_pool_size)

@@ -1,0 +1,230 @@
+"""The SQL both databases share: schema, queries and the thread-pool plumbing.
+
+A backend subclass says how to get a connection (``_connection``), how to lock
+for migrations, and how its column types are spelled; every query is written
+once here, with ``%s`` placeholders that SQLite's subclass turns into ``?``.
+"""
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+from storage import FAILED, PROCESSING, QUEUED, STORED, Storage, StorageError
+
+# Each entry is one schema version; never edit one that has shipped, append.
+MIGRATIONS = [
+    """
+    CREATE TABLE images (
+        id {id_column},
+        request_id TEXT NOT NULL UNIQUE,
+        nickname TEXT NOT NULL,
+        mime_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at {timestamp} NOT NULL,
+        data {blob} NOT NULL
+    );
+    CREATE INDEX images_nickname_id ON images (nickname, id);
+    CREATE TABLE uploads (
+        request_id TEXT PRIMARY KEY,
+        nickname TEXT NOT NULL,
+        status TEXT NOT NULL,
+        image_id BIGINT REFERENCES images (id),
+        error TEXT,
+        created_at {timestamp} NOT NULL,
+        updated_at {timestamp} NOT NULL
+    );
+    CREATE TABLE events_done (
+        key TEXT PRIMARY KEY,
+        done_at {timestamp} NOT NULL
+    )
+    """,
+]
+
+IMAGE_COLUMNS = "id, request_id, nickname, mime_type, size, width, height, sha256, created_at"
+UPLOAD_COLUMNS = "request_id, nickname, status, image_id, error, created_at, updated_at"
+
+
+def utc_now():
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def iso(value):
+    """Timestamps come back as text from SQLite and as datetime from PostgreSQL."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return value
+
+
+class SQLStorage(Storage):
+    column_types = {}
+    # Exceptions of the driver that mean "the database is unavailable".
+    driver_errors = ()
+
+    def __init__(self, threads):
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="storage")
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _connection(self, write):
+        """A context manager yielding a DB-API connection inside a transaction
+        that commits on exit and rolls back on error."""
+        raise NotImplementedError
+
+    def _sql(self, query):
+        return query
+
+    def _migration_lock(self, cursor):
+        """Hold a lock, for the rest of the transaction, that other migrators wait on."""
+        raise NotImplementedError
+
+    async def _in_thread(self, fn, *args):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except self.driver_errors as exc:
+            raise StorageError("%s: %s" % (type(exc).__name__, str(exc).strip())) from exc
+
+    async def _run(self, fn, *args, write=False):
+        """Run ``fn(cursor, *args)`` in one transaction on the thread pool."""
+        def call():
+            with self._connection(write) as conn:
+                cursor = conn.cursor()
+                try:
+                    return fn(cursor, *args)
+                finally:
+                    cursor.close()
+        return await self._in_thread(call)
+
+    def _execute(self, cursor, query, params=()):
+        cursor.execute(self._sql(query), params)
+        return cursor
+
+    def _one(self, cursor, query, params, columns):
+        row = self._execute(cursor, query, params).fetchone()
+        return None if row is None else self._row(columns, row)
+
+    @staticmethod
+    def _row(columns, row):
+        record = dict(zip([c.strip() for c in columns.split(",")], row))
+        for key in ("created_at", "updated_at"):
+            if key in record:
+                record[key] = iso(record[key])
+        return record
+
+    # -- schema -----------------------------------------------------------
+
+    async def migrate(self):
+        return await self._run(self._migrate, write=True)
+
+    def _migrate(self, cursor):
+        self._migration_lock(cursor)
+        self._execute(cursor, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = self._execute(cursor, "SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in script.format(**self.column_types).split(";"):
+                if statement.strip():
+                    self._execute(cursor, statement)
+            self._execute(cursor, "INSERT INTO schema_version (version) VALUES (%s)", (version,))
+        return len(MIGRATIONS)
+
+    async def ping(self):
+        await self._run(lambda cursor: self._execute(cursor, "SELECT 1").fetchone())
+
+    # -- uploads ----------------------------------------------------------
+
+    async def create_upload(self, request_id, nickname):
+        def insert(cursor):
+            now = utc_now()
+            self._execute(cursor, "INSERT INTO uploads (request_id, nickname, status, "
+                          "created_at, updated_at) VALUES (%s, %s, %s, %s, %s)",
+                          (request_id, nickname, QUEUED, now, now))
+        await self._run(insert, write=True)
+
+    async def delete_upload(self, request_id):
+        await self._run(lambda cursor: self._execute(
+            cursor, "DELETE FROM uploads WHERE request_id = %s AND status = %s",
+            (request_id, QUEUED)), write=True)
+
+    async def get_upload(self, request_id):
+        return await self._run(self._get_upload, request_id)
+
+    def _get_upload(self, cursor, request_id):
+        return self._one(cursor, "SELECT %s FROM uploads WHERE request_id = %%s" % UPLOAD_COLUMNS,
+                         (request_id,), UPLOAD_COLUMNS)
+
+    def _ensure_upload(self, cursor, request_id, nickname, now):
+        self._execute(cursor, "INSERT INTO uploads (request_id, nickname, status, created_at, "
+                      "updated_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING",
+                      (request_id, nickname, QUEUED, now, now))
+
+    async def mark_processing(self, request_id, nickname):
+        def update(cursor):
+            now = utc_now()
+            self._ensure_upload(cursor, request_id, nickname, now)
+            self._execute(cursor, "UPDATE uploads SET status = %s, updated_at = %s "
+                          "WHERE request_id = %s AND status = %s",
+                          (PROCESSING, now, request_id, QUEUED))
+            return self._get_upload(cursor, request_id)
+        return await self._run(update, write=True)
+
+    async def mark_failed(self, request_id, nickname, reason):
+        def update(cursor):
+            now = utc_now()
+            self._ensure_upload(cursor, request_id, nickname, now)
+            self._execute(cursor, "UPDATE uploads SET status = %s, error = %s, updated_at = %s "
+                          "WHERE request_id = %s AND status <> %s",
+                          (FAILED, reason, now, request_id, STORED))
+            return self._get_upload(cursor, request_id)
+        return await self._run(update, write=True)
+
+    # -- images -----------------------------------------------------------
+
+    async def store_image(self, request_id, image):
+        def store(cursor):
+            now = utc_now()
+            self._execute(cursor, "INSERT INTO images (request_id, nickname, mime_type, size, "
+                          "width, height, sha256, created_at, data) VALUES "
+                          "(%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING",
+                          (request_id, image.nickname, image.mime_type, image.size,
+                           image.width, image.height, image.sha256, now,
+                           image.data))
+            stored = self._get_image_by_request(cursor, request_id)
+            self._ensure_upload(cursor, request_id, image.nickname, now)
+            self._execute(cursor, "UPDATE uploads SET status = %s, image_id = %s, error = NULL, "
+                          "updated_at = %s WHERE request_id = %s",
+                          (STORED, stored["id"], now, request_id))
+            return stored
+        return await self._run(store, write=True)
+
+    def _get_image_by_request(self, cursor, request_id):
+        return self._one(cursor, "SELECT %s FROM images WHERE request_id = %%s" % IMAGE_COLUMNS,
+                         (request_id,), IMAGE_COLUMNS)
+
+    async def get_image(self, image_id):
+        return await self._run(lambda cursor: self._one(
+            cursor, "SELECT %s FROM images WHERE id = %%s" % IMAGE_COLUMNS,
+            (image_id,), IMAGE_COLUMNS))
+
+    async def get_image_content(self, image_id):
+        def select(cursor):
+            row = self._execute(cursor, "SELECT data, mime_type, sha256 FROM images WHERE id = %s",
+                                (image_id,)).fetchone()
+            return None if row is None else (bytes(row[0]), row[1], row[2])
+        return await self._run(select)
+
+    # -- notifier bookkeeping ---------------------------------------------
+
+    async def event_done(self, key):
+        return await self._run(lambda cursor: self._execute(
+            cursor, "SELECT 1 FROM events_done WHERE key = %s", (key,)).fetchone() is not None)
+
+    async def record_event(self, key):
+        await self._run(lambda cursor: self._execute(
+            cursor, "INSERT INTO events_done (key, done_at) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO NOTHING", (key, utc_now())), write=True)
+
+    async def close(self):
+        self._executor.shutdown(wait=True)
