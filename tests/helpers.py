@@ -1,0 +1,74 @@
+"""Small things many tests need: images made on the spot, multipart bodies, polling."""
+
+import asyncio
+import io
+import json
+import time
+import uuid
+
+from PIL import Image
+
+
+def make_image(fmt="PNG", size=(64, 48), color=(200, 30, 30)):
+    """The bytes of a small, valid image in ``fmt``."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def multipart(fields=None, files=None, boundary=None):
+    """``(content_type, body)`` for fields {name: str} and files {name: (filename, bytes)}."""
+    boundary = boundary or uuid.uuid4().hex
+    parts = []
+    for name, value in (fields or {}).items():
+        if isinstance(value, str):
+            value = value.encode()
+        parts.append(b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
+                     % (boundary.encode(), name.encode(), value))
+    for name, (filename, data) in (files or {}).items():
+        parts.append(b'--%s\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\n'
+                     b"Content-Type: application/octet-stream\r\n\r\n%s\r\n"
+                     % (boundary.encode(), name.encode(), filename.encode(), data))
+    body = b"".join(parts) + b"--%s--\r\n" % boundary.encode()
+    return "multipart/form-data; boundary=%s" % boundary, body
+
+
+async def post_upload(http_client, base_url, nickname="alice", data=None,
+                      filename="photo.png", path="/api/images", **fetch_args):
+    """POST an upload; returns the response whatever its status."""
+    fields = {} if nickname is None else {"nickname": nickname}
+    files = {} if data is None else {"image_data": (filename, data)}
+    content_type, body = multipart(fields, files)
+    headers = {"Content-Type": content_type}
+    headers.update(fetch_args.pop("headers", {}))
+    return await http_client.fetch(base_url + path, method="POST", body=body,
+                                   headers=headers, raise_error=False, **fetch_args)
+
+
+async def wait_for_upload(http_client, base_url, request_id, timeout=15):
+    """Poll the status route until the upload is ``stored`` or ``failed``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await http_client.fetch("%s/api/uploads/%s" % (base_url, request_id),
+                                           raise_error=False)
+        status = json.loads(response.body) if response.code == 200 else None
+        if status and status["status"] in ("stored", "failed"):
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError("upload %s not finished after %ss: %s"
+                                 % (request_id, timeout, status))
+        await asyncio.sleep(0.05)
+
+
+async def eventually(check, timeout=10, interval=0.05):
+    """Await until ``check()`` returns something true; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within %ss" % timeout)
+        await asyncio.sleep(interval)

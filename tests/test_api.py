@@ -1,0 +1,164 @@
+"""The HTTP API, on every stack (SQLite/PostgreSQL, in-process broker/RabbitMQ,
+memory/Redis/no cache): upload -> 202 -> stored -> served back byte-identical."""
+
+import json
+
+import pytest
+
+from tests.helpers import make_image, post_upload, wait_for_upload
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_upload_is_stored_and_served_back_identical(http_client, base_url, context):
+    data = make_image("PNG")
+    response = await post_upload(http_client, base_url, "alice", data, filename="x.png")
+    assert response.code == 202, response.body
+    accepted = json.loads(response.body)
+    assert accepted["status"] == "queued"
+    assert accepted["status_url"] == "/api/uploads/%s" % accepted["request_id"]
+
+    status = await wait_for_upload(http_client, base_url, accepted["request_id"])
+    assert status["status"] == "stored", status
+    image_id = status["image_id"]
+
+    meta = json.loads((await http_client.fetch("%s/api/images/%d" % (base_url, image_id))).body)
+    assert meta["nickname"] == "alice"
+    assert (meta["mime_type"], meta["width"], meta["height"]) == ("image/png", 64, 48)
+    assert meta["size"] == len(data)
+    assert meta["request_id"] == accepted["request_id"]
+
+    content = await http_client.fetch("%s/api/images/%d/content" % (base_url, image_id))
+    assert content.body == data
+    assert content.headers["Content-Type"] == "image/png"
+    assert content.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert content.headers["Etag"] == '"%s"' % meta["sha256"]
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("fmt,mime", [("JPEG", "image/jpeg"), ("GIF", "image/gif"),
+                                      ("WEBP", "image/webp")])
+async def test_each_accepted_type_is_stored_with_its_type(http_client, base_url, context,
+                                                          fmt, mime):
+    data = make_image(fmt, size=(30, 20))
+    response = await post_upload(http_client, base_url, "bob", data, filename="no-extension")
+    status = await wait_for_upload(http_client, base_url, json.loads(response.body)["request_id"])
+    assert status["status"] == "stored", status
+    content = await http_client.fetch("%s/api/images/%d/content" % (base_url, status["image_id"]))
+    assert content.headers["Content-Type"] == mime
+    assert content.body == data
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_content_answers_304_to_its_etag_and_is_cached(http_client, base_url, context):
+    data = make_image("PNG", color=(1, 2, 3))
+    response = await post_upload(http_client, base_url, "carol", data)
+    status = await wait_for_upload(http_client, base_url, json.loads(response.body)["request_id"])
+    url = "%s/api/images/%d/content" % (base_url, status["image_id"])
+    first = await http_client.fetch(url)
+    again = await http_client.fetch(url, headers={"If-None-Match": first.headers["Etag"]},
+                                    raise_error=False)
+    assert again.code == 304
+    assert again.body == b""
+    other = await http_client.fetch(url, headers={"If-None-Match": '"something-else"'})
+    assert other.code == 200 and other.body == data
+
+    cached = await context.cache.get(status["image_id"])
+    if context.config.cache_type == "none":
+        assert cached is None
+    else:
+        assert cached.data == data and cached.mime_type == "image/png"
+        assert cached.etag == first.headers["Etag"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_cached_image_is_served_from_the_cache(http_client, base_url, context):
+    """A hit never reaches the database: a poisoned entry is what comes back."""
+    if context.config.cache_type == "none":
+        pytest.skip("no cache on this stack")
+    from cache import CachedImage
+    response = await post_upload(http_client, base_url, "dan", make_image())
+    status = await wait_for_upload(http_client, base_url, json.loads(response.body)["request_id"])
+    await context.cache.set(status["image_id"], CachedImage(b"from-cache", "image/gif", '"x"'))
+    content = await http_client.fetch("%s/api/images/%d/content" % (base_url, status["image_id"]))
+    assert content.body == b"from-cache"
+    assert content.headers["Content-Type"] == "image/gif"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_body_that_is_not_an_image_is_refused_with_415(http_client, base_url, context):
+    for data, name in [(b"just some text, not a picture", "photo.jpg"),
+                       (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", "x.png"),
+                       (b"%PDF-1.4\n", "doc.gif")]:
+        response = await post_upload(http_client, base_url, "eve", data, filename=name)
+        assert response.code == 415, (name, response.body)
+        body = json.loads(response.body)
+        assert body["error"] == "unsupported image type"
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("nickname,detail", [
+    (None, "nickname is required"),
+    ("", "nickname is required"),
+    ("   ", "nickname is required"),
+    ("x" * 101, "longer than 100"),
+    ("tab\tname", "control characters"),
+])
+async def test_bad_nickname_is_a_400(http_client, base_url, context, nickname, detail):
+    response = await post_upload(http_client, base_url, nickname, make_image())
+    assert response.code == 400
+    body = json.loads(response.body)
+    assert body["error"] == "bad nickname"
+    assert detail in body["detail"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_nickname_is_trimmed_and_100_characters_is_fine(http_client, base_url, context):
+    name = "n" * 100
+    response = await post_upload(http_client, base_url, "  %s  " % name, make_image())
+    assert response.code == 202
+    status = await wait_for_upload(http_client, base_url, json.loads(response.body)["request_id"])
+    assert status["nickname"] == name and status["status"] == "stored"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_missing_or_empty_file_is_a_400(http_client, base_url, context):
+    for data in (None, b""):
+        response = await post_upload(http_client, base_url, "frank", data)
+        assert response.code == 400
+        assert json.loads(response.body)["error"] == "missing file"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_body_that_is_not_multipart_is_a_400(http_client, base_url, context):
+    response = await http_client.fetch(base_url + "/api/images", method="POST",
+                                       body=json.dumps({"nickname": "x"}),
+                                       headers={"Content-Type": "application/json"},
+                                       raise_error=False)
+    assert response.code == 400
+    assert "multipart/form-data" in json.loads(response.body)["detail"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_unknown_ids_are_json_404s(http_client, base_url, context):
+    for path in ("/api/uploads/doesnotexist", "/api/images/999999",
+                 "/api/images/999999/content", "/no/such/route"):
+        response = await http_client.fetch(base_url + path, raise_error=False)
+        assert response.code == 404, path
+        assert json.loads(response.body)["error"], path
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_wrong_method_is_a_json_405(http_client, base_url, context):
+    response = await http_client.fetch(base_url + "/api/images/1", method="DELETE",
+                                       raise_error=False)
+    assert response.code == 405
+    assert json.loads(response.body)["error"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_health_and_readiness(http_client, base_url, context):
+    health = await http_client.fetch(base_url + "/healthz")
+    assert json.loads(health.body) == {"status": "ok"}
+    ready = json.loads((await http_client.fetch(base_url + "/readyz")).body)
+    assert ready["status"] == "ok"
+    assert ready["checks"] == {"database": "ok", "broker": "ok", "cache": "ok"}
