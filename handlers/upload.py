@@ -34,14 +34,24 @@ class UploadHandler(BaseHandler):
         pass  # anonymous uploads from programs carry no one's authority
 
     def prepare(self):
-        self._chunks = []
-        limit = self.config.max_upload_bytes + MULTIPART_OVERHEAD
+        self._chunks, self._received = [], 0
+        self._limit = self.config.max_upload_bytes + MULTIPART_OVERHEAD
         length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise self.too_large()
-        self.request.connection.set_max_body_size(limit)
+        if length is not None and length.isdigit() and int(length) > self._limit:
+            raise self.too_large()  # answered before a byte of the body is read
+        # A body without Content-Length (chunked) is counted in data_received;
+        # Tornado's own cut-off sits above ours so that ours answers first.
+        self.request.connection.set_max_body_size(2 * self._limit)
 
     def data_received(self, chunk):
+        if self._chunks is None:
+            return  # already refused
+        self._received += len(chunk)
+        if self._received > self._limit:
+            self._chunks = None
+            error = self.too_large()
+            self.send_error(413, exc_info=(type(error), error, None))
+            return
         self._chunks.append(chunk)
 
     def too_large(self):
@@ -49,6 +59,8 @@ class UploadHandler(BaseHandler):
                         % self.config.max_upload_bytes)
 
     async def post(self):
+        if self._finished:
+            return  # refused while the body streamed in
         upload = self.read_upload()
         await self.accept(upload)
         self.write_json({"request_id": upload.request_id, "status": "queued",
