@@ -12,6 +12,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 ROLES = ("web", "processor", "notifier")
+PILLOW_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/tiff", "image/bmp")
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 1024 * 1024
 
@@ -43,6 +44,13 @@ class Config:
     db_pool_size: int = 8
     image_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_image_pixels: int = 50_000_000
+    max_image_side: int = 30_000
+    accepted_types: tuple = ("image/jpeg", "image/png", "image/gif", "image/webp",
+                             "image/tiff", "image/bmp")
+    thumbnail_sizes: tuple = (256, 1280)
+    thumbnail_format: str = "jpeg"
+    thumbnail_quality: int = 85
+    strip_metadata: bool = False
     xsrf_secret: str = ""
 
     @property
@@ -71,6 +79,15 @@ class Config:
         if self.cache_type not in ("memory", "none", "redis", "rediss"):
             raise ConfigError("REDIS_URL must be redis://..., 'memory' or 'none'; got %r"
                               % self.cache_url)
+        unknown = set(self.accepted_types) - set(PILLOW_TYPES)
+        if unknown or not self.accepted_types:
+            raise ConfigError("ACCEPTED_TYPES takes a comma list of %s; got %s"
+                              % (", ".join(PILLOW_TYPES), ",".join(self.accepted_types)))
+        if self.thumbnail_format not in ("jpeg", "webp"):
+            raise ConfigError("THUMBNAIL_FORMAT must be jpeg or webp; got %r"
+                              % self.thumbnail_format)
+        if not self.thumbnail_sizes or min(self.thumbnail_sizes) < 16:
+            raise ConfigError("THUMBNAIL_SIZES takes a comma list of sizes of 16 px or more")
         if self.database_url.split(":", 1)[0] not in ("sqlite", "postgres", "postgresql"):
             raise ConfigError("DATABASE_URL must be sqlite:///path or postgresql://...; got %r"
                               % self.database_url)
@@ -115,6 +132,18 @@ def _cache_url(env):
     return "memory"
 
 
+def _words(value):
+    return tuple(word.strip().lower() for word in value.split(",") if word.strip())
+
+
+def _sizes(value):
+    return tuple(sorted({int(word) for word in _words(value)}))
+
+
+def _flag(value):
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
 # (flag, environment variable, Config field, type, help)
 _SETTINGS = [
     ("--port", "PORT", "port", int, "HTTP port (web role)"),
@@ -142,6 +171,17 @@ _SETTINGS = [
     ("--image-workers", "IMAGE_WORKERS", "image_workers", int, "threads for image work"),
     ("--max-image-pixels", "MAX_IMAGE_PIXELS", "max_image_pixels", int,
      "largest accepted width x height"),
+    ("--max-image-side", "MAX_IMAGE_SIDE", "max_image_side", int,
+     "largest accepted width or height"),
+    ("--accepted-types", "ACCEPTED_TYPES", "accepted_types", _words,
+     "comma list of accepted mime types"),
+    ("--thumbnail-sizes", "THUMBNAIL_SIZES", "thumbnail_sizes", _sizes,
+     "comma list of thumbnail sizes (longest side, px)"),
+    ("--thumbnail-format", "THUMBNAIL_FORMAT", "thumbnail_format", str, "jpeg or webp"),
+    ("--thumbnail-quality", "THUMBNAIL_QUALITY", "thumbnail_quality", int,
+     "thumbnail encoder quality, 1-100"),
+    ("--strip-metadata", "STRIP_METADATA", "strip_metadata", _flag,
+     "remove EXIF/GPS and text metadata from stored originals (true/false)"),
     ("--xsrf-secret", "XSRF_SECRET", "xsrf_secret", str, "cookie secret for page forms"),
 ]
 

@@ -6,7 +6,7 @@ broker from the configuration, and says on the log which is in use and where.
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from broker import open_broker
 from cache import open_cache
@@ -22,6 +22,8 @@ class Context:
     cache: object
     broker: object
     image_executor: ThreadPoolExecutor
+    # HTTP requests in progress, from their headers to their answer (drained at shutdown).
+    requests: set = field(default_factory=set)
 
 
 async def open_context(config):

@@ -53,6 +53,17 @@ def start_http(context):
     return server
 
 
+async def drain_requests(context, timeout):
+    """Let requests in progress be answered before their connections are closed
+    (``close_all_connections`` alone would cut them off mid-upload)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while context.requests and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if context.requests:
+        log.warning("web: %d request(s) still in progress; closing them", len(context.requests))
+
+
 def shutdown_signal():
     """A future set by the first SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()
@@ -73,6 +84,7 @@ async def serve(config):
     log.info("%s: shutting down", signal.Signals(signum).name)
     if server is not None:
         server.stop()
+        await drain_requests(context, config.shutdown_timeout)
     for consumer in consumers:
         await consumer.stop(config.shutdown_timeout)
     if server is not None:

@@ -65,6 +65,7 @@ class RabbitMQBroker(Broker):
         self._consumers = {}          # queue -> (on_message, prefetch)
         self._consumer_channels = {}  # queue -> (channel, consumer tag)
         self.connected = asyncio.Event()
+        self._stopping = asyncio.Event()  # set by close(): cuts a reconnect delay short
 
     @property
     def ready(self):
@@ -97,7 +98,10 @@ class RabbitMQBroker(Broker):
             if self._closing:
                 break
             log.info("rabbitmq: reconnecting in %.0f s", delay)
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
             delay = min(delay * 2, MAX_DELAY)
 
     async def _connect(self):
@@ -111,7 +115,7 @@ class RabbitMQBroker(Broker):
 
         def on_open_error(connection, exc):
             if not opened.done():
-                opened.set_exception(BrokerUnavailable("cannot connect: %s" % exc))
+                opened.set_exception(BrokerUnavailable("cannot connect: %r" % exc))
 
         def on_close(connection, reason):
             self._drop("rabbitmq connection closed: %s" % reason)
@@ -196,8 +200,11 @@ class RabbitMQBroker(Broker):
 
     async def close(self):
         self._closing = True
-        if self._connection is not None and self._connection.is_open:
-            self._connection.close()
+        self._stopping.set()
+        # Also a connection still opening: pika aborts it, so it never comes up behind us.
+        connection = self._connection
+        if connection is not None and not (connection.is_closing or connection.is_closed):
+            connection.close()
         if self._runner is not None:
             try:
                 await asyncio.wait_for(self._runner, 5)

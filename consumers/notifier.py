@@ -6,9 +6,10 @@ runs only the ones that had not finished).  This release ships the log action;
 webhook and e-mail actions are further entries in ``ACTIONS``.
 """
 
+import asyncio
 import json
-import sys
 import logging
+import sys
 
 from broker.messages import event_message_id
 from consumers.base import Consumer
@@ -31,6 +32,7 @@ class Notifier(Consumer):
     def __init__(self, context, actions=None):
         super().__init__(context)
         self.actions = dict(actions or ACTIONS)
+        self._running = {}  # event key -> future done when its delivery has finished
 
     async def handle(self, message):
         try:
@@ -40,13 +42,22 @@ class Notifier(Consumer):
             log.warning("dropping a notification that breaks the contract (%s): %r",
                         exc, message.body[:200])
             return
-        storage = self.context.storage
-        for name, action in self.actions.items():
-            done_key = "%s:%s" % (name, key)
-            if await storage.event_done(done_key):
-                continue
-            await action(event)
-            await storage.record_event(done_key)
+        # The same event delivered twice at once (prefetch > 1) would pass event_done()
+        # twice before either records: one delivery of an event at a time.
+        while key in self._running:
+            await asyncio.wait([self._running[key]])
+        finished = self._running[key] = asyncio.get_running_loop().create_future()
+        try:
+            storage = self.context.storage
+            for name, action in self.actions.items():
+                done_key = "%s:%s" % (name, key)
+                if await storage.event_done(done_key):
+                    continue
+                await action(event)
+                await storage.record_event(done_key)
+        finally:
+            del self._running[key]
+            finished.set_result(None)
 
 
 if __name__ == "__main__":

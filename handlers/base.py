@@ -22,6 +22,14 @@ class BaseHandler(tornado.web.RequestHandler):
     def initialize(self, context):
         self.context = context
         self.config = context.config
+        context.requests.add(self)
+
+    def on_finish(self):
+        self.context.requests.discard(self)
+
+    def on_connection_close(self):
+        self.context.requests.discard(self)
+        super().on_connection_close()
 
     def set_default_headers(self):
         self.set_header("X-Content-Type-Options", "nosniff")

@@ -76,8 +76,10 @@ class PostgresStorage(SQLStorage):
 
     def _get_pool(self):
         if self._pool is None:
+            # psycopg2 keeps only ``minconn`` idle connections and closes the rest
+            # on return, so minconn = maxconn keeps every connection open for reuse.
             self._pool = psycopg2.pool.ThreadedConnectionPool(
-                0, self._pool_size, self.url, connect_timeout=5)
+                self._pool_size, self._pool_size, self.url, connect_timeout=5)
         return self._pool
 
     @contextlib.contextmanager

@@ -62,6 +62,8 @@ class SQLStorage(Storage):
     column_types = {}
     # Exceptions of the driver that mean "the database is unavailable".
     driver_errors = ()
+    # Exceptions among driver_errors that are the caller's fault; raised unchanged.
+    passed_errors = ()
 
     def __init__(self, threads):
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="storage")
@@ -83,6 +85,8 @@ class SQLStorage(Storage):
     async def _in_thread(self, fn, *args):
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except self.passed_errors:
+            raise
         except self.driver_errors as exc:
             raise StorageError("%s: %s" % (type(exc).__name__, str(exc).strip())) from exc
 

@@ -10,21 +10,27 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 
 from storage.sql import SQLStorage
+
+BUSY_TIMEOUT = 30  # seconds a connection waits for another's lock
 
 
 class SQLiteStorage(SQLStorage):
     db_type = "sqlite"
     column_types = {"id_column": "INTEGER PRIMARY KEY AUTOINCREMENT",
                     "timestamp": "TEXT", "blob": "BLOB"}
-    driver_errors = (sqlite3.OperationalError, sqlite3.DatabaseError)
+    # DatabaseError covers "file is not a database"; OSError a directory that cannot be made.
+    driver_errors = (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)
+    # Subclasses of DatabaseError that are the caller's fault, not an unavailable database.
+    passed_errors = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.DataError,
+                     sqlite3.NotSupportedError, sqlite3.InternalError)
 
     def __init__(self, path, threads=4):
-        super().__init__(threads)
+        # An in-memory database lives in one connection, so in one pool thread.
+        super().__init__(1 if path == ":memory:" else threads)
         self.path = path
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._local = threading.local()
         self._connections = []
         self._lock = threading.Lock()
@@ -35,13 +41,33 @@ class SQLiteStorage(SQLStorage):
     def _sql(self, query):
         return query.replace("%s", "?")
 
+    @staticmethod
+    def _enable_wal(conn):
+        """Switching a new file to WAL can fail "database is locked" at once, without
+        waiting on the busy timeout, while another process switches it too; retry."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
     def _connect(self):
         conn = getattr(self._local, "conn", None)
         if conn is None:
+            if self.path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             # check_same_thread=False only so that close() may close them all at the end.
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            try:
+                self._enable_wal(conn)
+            except BaseException:
+                conn.close()
+                raise
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn

@@ -1,0 +1,200 @@
+"""Reading an image file's container (not its pixels): where the image ends, where
+its metadata lives, and how to drop that metadata without touching the pixels.
+
+Used to refuse polyglots (a valid image with an archive, a document or markup
+glued on) and, when a deployment asks for it, to strip EXIF/GPS from the stored
+original: JPEG keeps its compressed scans byte for byte and gets a minimal EXIF
+block holding only the orientation; PNG loses its text and eXIf chunks; WebP its
+EXIF and XMP chunks.  Other formats are left as they are.
+"""
+
+import re
+import struct
+
+from PIL import ExifTags, Image
+
+# Signatures of things that must not ride along behind an image.
+FOREIGN = re.compile(rb"PK\x03\x04|%PDF-|Rar!\x1a\x07|7z\xbc\xaf\x27\x1c|\x7fELF|<\s*[a-z!?/]"
+                     rb"|\x1f\x8b\x08|MZ\x90\x00", re.I)
+# Markup that turns an image into an image/HTML (or script) polyglot.
+MARKUP = re.compile(rb"<\s*(script|html|body|svg|iframe|object|embed|\?php|!doctype)", re.I)
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_layout(data):
+    """``(segments, scan_start, end)``: the header segments ``(marker, start, end)``
+    before the first scan, where the first scan starts, and where EOI ends
+    (None when the file stops early)."""
+    segments, scan_start, pos, size = [], None, 2, len(data)
+    while pos + 2 <= size:
+        if data[pos] != 0xFF:
+            return segments, scan_start, None
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return segments, scan_start, pos + 2
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        if pos + 4 > size:
+            break
+        end = pos + 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        if marker == 0xDA:  # start of scan: entropy-coded data runs to the next marker
+            scan_start = pos if scan_start is None else scan_start
+            found = _JPEG_MARKER.search(data, end)
+            if found is None:
+                break
+            pos = found.start()
+            continue
+        if scan_start is None:
+            segments.append((marker, pos, end))
+        pos = end
+    return segments, scan_start, None
+
+
+def png_chunks(data):
+    """``(chunks, end)``: ``(type, start, end)`` per chunk, and where IEND ends."""
+    chunks, pos = [], 8
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 12 + length
+        chunks.append((kind, pos, end))
+        if kind == b"IEND":
+            return chunks, end
+        pos = end
+    return chunks, None
+
+
+def gif_end(data):
+    """Where the GIF trailer ends, or None."""
+    if len(data) < 13:
+        return None
+    pos = 13
+    if data[10] & 0x80:
+        pos += 3 * (2 << (data[10] & 7))
+    while pos < len(data):
+        block = data[pos]
+        if block == 0x3B:
+            return pos + 1
+        if block == 0x21:
+            pos += 2
+        elif block == 0x2C:
+            if pos + 10 > len(data):
+                return None
+            flags = data[pos + 9]
+            pos += 10 + (3 * (2 << (flags & 7)) if flags & 0x80 else 0) + 1
+        else:
+            return None
+        while pos < len(data) and data[pos]:  # data sub-blocks
+            pos += data[pos] + 1
+        pos += 1
+    return None
+
+
+def riff_chunks(data):
+    """``(chunks, end)`` for a WebP file: ``(fourcc, start, end)`` per chunk."""
+    end = 8 + struct.unpack("<I", data[4:8])[0]
+    chunks, pos = [], 12
+    while pos + 8 <= min(end, len(data)):
+        kind, length = struct.unpack("<4sI", data[pos:pos + 8])
+        chunk_end = pos + 8 + length + (length & 1)
+        chunks.append((kind, pos, chunk_end))
+        pos = chunk_end
+    return chunks, end
+
+
+def image_end(data, mime):
+    """Where the image data ends, for the formats whose container says so."""
+    if mime == "image/jpeg":
+        return jpeg_layout(data)[2]
+    if mime == "image/png":
+        return png_chunks(data)[1]
+    if mime == "image/gif":
+        return gif_end(data)
+    if mime == "image/webp":
+        return riff_chunks(data)[1]
+    if mime == "image/bmp":
+        return struct.unpack("<I", data[2:6])[0]
+    return None
+
+
+def metadata_regions(data, mime):
+    """The parts of the file that are not pixel data (headers, comments, text chunks)."""
+    if mime == "image/jpeg":
+        segments, scan_start, _ = jpeg_layout(data)
+        return [data[:scan_start or 65536]]
+    if mime == "image/png":
+        return [data[start:end] for kind, start, end in png_chunks(data)[0] if kind != b"IDAT"]
+    if mime == "image/webp":
+        return [data[start:end] for kind, start, end in riff_chunks(data)[0]
+                if kind not in (b"VP8 ", b"VP8L", b"ALPH", b"ANMF")]
+    return [data[:4096]]
+
+
+def polyglot_reason(data, mime):
+    """Why ``data`` is more than one image, or None."""
+    end = image_end(data, mime)
+    if end is not None and end < len(data):
+        trailer = data[end:].rstrip(b"\x00")
+        if FOREIGN.search(trailer[:4096]):
+            return ("%d bytes of another format follow the end of the %s data"
+                    % (len(data) - end, mime))
+    for region in metadata_regions(data, mime):
+        if MARKUP.search(region):
+            return "the file's metadata carries HTML or script markup"
+    return None
+
+
+def strip_metadata(data, mime):
+    """``data`` without EXIF/GPS, XMP and text metadata; pixels untouched."""
+    if mime == "image/jpeg":
+        return _strip_jpeg(data)
+    if mime == "image/png":
+        chunks, end = png_chunks(data)
+        drop = {b"eXIf", b"tEXt", b"zTXt", b"iTXt", b"tIME"}
+        return data[:8] + b"".join(data[s:e] for kind, s, e in chunks if kind not in drop)
+    if mime == "image/webp":
+        return _strip_webp(data)
+    return data
+
+
+def _strip_jpeg(data):
+    segments, scan_start, _ = jpeg_layout(data)
+    if scan_start is None:
+        return data
+    orientation = 1
+    kept = []
+    for marker, start, end in segments:
+        body = data[start + 4:end]
+        if marker == 0xE1 and body.startswith(b"Exif\x00\x00"):
+            exif = Image.Exif()
+            exif.load(body[6:])
+            orientation = exif.get(ExifTags.Base.Orientation, 1)
+            continue
+        if marker in (0xE1, 0xED, 0xFE):  # XMP, IPTC, comments
+            continue
+        kept.append(data[start:end])
+    if orientation != 1:  # keep the one tag the picture needs to stand upright
+        exif = Image.Exif()
+        exif[ExifTags.Base.Orientation] = orientation
+        payload = b"Exif\x00\x00" + exif.tobytes()
+        app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+        position = 1 if kept and kept[0][1] == 0xE0 else 0  # after JFIF's APP0
+        kept.insert(position, app1)
+    return data[:2] + b"".join(kept) + data[scan_start:]
+
+
+def _strip_webp(data):
+    chunks, end = riff_chunks(data)
+    body = []
+    for kind, start, chunk_end in chunks:
+        if kind in (b"EXIF", b"XMP "):
+            continue
+        chunk = data[start:chunk_end]
+        if kind == b"VP8X":  # clear the "has EXIF" and "has XMP" flags
+            chunk = chunk[:8] + bytes([chunk[8] & ~0x0C]) + chunk[9:]
+        body.append(chunk)
+    payload = b"WEBP" + b"".join(body)
+    return b"RIFF" + struct.pack("<I", len(payload)) + payload
