@@ -11,8 +11,9 @@ import os
 import urllib.parse
 from dataclasses import dataclass, field
 
+from imaging import SUPPORTED_TYPES
+
 ROLES = ("web", "processor", "notifier")
-PILLOW_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/tiff", "image/bmp")
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 1024 * 1024
 
@@ -45,8 +46,7 @@ class Config:
     image_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_image_pixels: int = 50_000_000
     max_image_side: int = 30_000
-    accepted_types: tuple = ("image/jpeg", "image/png", "image/gif", "image/webp",
-                             "image/tiff", "image/bmp")
+    accepted_types: tuple = SUPPORTED_TYPES
     thumbnail_sizes: tuple = (256, 1280)
     thumbnail_format: str = "jpeg"
     thumbnail_quality: int = 85
@@ -79,10 +79,10 @@ class Config:
         if self.cache_type not in ("memory", "none", "redis", "rediss"):
             raise ConfigError("REDIS_URL must be redis://..., 'memory' or 'none'; got %r"
                               % self.cache_url)
-        unknown = set(self.accepted_types) - set(PILLOW_TYPES)
+        unknown = set(self.accepted_types) - set(SUPPORTED_TYPES)
         if unknown or not self.accepted_types:
             raise ConfigError("ACCEPTED_TYPES takes a comma list of %s; got %s"
-                              % (", ".join(PILLOW_TYPES), ",".join(self.accepted_types)))
+                              % (", ".join(SUPPORTED_TYPES), ",".join(self.accepted_types)))
         if self.thumbnail_format not in ("jpeg", "webp"):
             raise ConfigError("THUMBNAIL_FORMAT must be jpeg or webp; got %r"
                               % self.thumbnail_format)

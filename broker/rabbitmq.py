@@ -257,7 +257,17 @@ class RabbitMQBroker(Broker):
     def consume(self, queue, on_message, prefetch):
         self._consumers[queue] = (on_message, prefetch)
         if self._channel is not None:
-            asyncio.ensure_future(self._start_consumer(queue))
+            asyncio.ensure_future(self._start_late_consumer(queue))
+
+    async def _start_late_consumer(self, queue):
+        """A consumer added while connected; if its channel cannot open, reconnect
+        (every consumer starts again on a new connection)."""
+        try:
+            await self._start_consumer(queue)
+        except Exception as exc:
+            log.warning("rabbitmq: cannot consume %s yet (%r); reconnecting", queue, exc)
+            if self._connection is not None and self._connection.is_open:
+                self._connection.close()
 
     async def _start_consumer(self, queue):
         on_message, prefetch = self._consumers[queue]

@@ -1,4 +1,4 @@
-"""The read cache for image bytes, keyed by image id.
+"""The read cache for image bytes: originals and thumbnails, keyed by image id.
 
 Images never change once stored, so entries never go stale; they only leave
 when memory is short (or, later, when an image is deleted).  An entry keeps the
@@ -12,6 +12,14 @@ logged warning and a miss, so a read falls through to the database.
 from dataclasses import dataclass
 
 
+def content_key(image_id):
+    return "image:%s" % image_id
+
+
+def thumbnail_key(image_id, size):
+    return "thumbnail:%s:%s" % (image_id, size)
+
+
 @dataclass(frozen=True)
 class CachedImage:
     data: bytes
@@ -22,14 +30,15 @@ class CachedImage:
 class Cache:
     """The cache contract."""
 
-    async def get(self, image_id):
-        """The CachedImage for ``image_id``, or None on a miss or a cache fault."""
+    async def get(self, key):
+        """The CachedImage under ``key`` (``content_key`` or ``thumbnail_key``),
+        or None on a miss or a cache fault."""
         raise NotImplementedError
 
-    async def set(self, image_id, entry):
+    async def set(self, key, entry):
         raise NotImplementedError
 
-    async def delete(self, image_id):
+    async def delete(self, key):
         raise NotImplementedError
 
     async def ping(self):
@@ -46,13 +55,13 @@ class Cache:
 class NoCache(Cache):
     """The cache turned off: every read goes to the database."""
 
-    async def get(self, image_id):
+    async def get(self, key):
         return None
 
-    async def set(self, image_id, entry):
+    async def set(self, key, entry):
         pass
 
-    async def delete(self, image_id):
+    async def delete(self, key):
         pass
 
     async def ping(self):

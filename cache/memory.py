@@ -14,24 +14,24 @@ class MemoryCache(Cache):
     def describe(self):
         return "memory (in-process, up to %d MiB)" % (self.max_bytes // (1024 * 1024))
 
-    async def get(self, image_id):
-        entry = self._entries.get(image_id)
+    async def get(self, key):
+        entry = self._entries.get(key)
         if entry is not None:
-            self._entries.move_to_end(image_id)
+            self._entries.move_to_end(key)
         return entry
 
-    async def set(self, image_id, entry):
+    async def set(self, key, entry):
         if len(entry.data) > self.max_bytes:
             return
-        await self.delete(image_id)
-        self._entries[image_id] = entry
+        await self.delete(key)
+        self._entries[key] = entry
         self.used += len(entry.data)
         while self.used > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self.used -= len(evicted.data)
 
-    async def delete(self, image_id):
-        entry = self._entries.pop(image_id, None)
+    async def delete(self, key):
+        entry = self._entries.pop(key, None)
         if entry is not None:
             self.used -= len(entry.data)
 

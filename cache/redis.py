@@ -27,8 +27,8 @@ class RedisCache(Cache):
     def describe(self):
         return "redis at %s (key prefix %r)" % (self.url, self.prefix)
 
-    def _key(self, image_id):
-        return "%simage:%s" % (self.prefix, image_id)
+    def _key(self, key):
+        return "%s%s" % (self.prefix, key)
 
     def _failed(self, action, exc):
         if self._healthy:
@@ -40,9 +40,9 @@ class RedisCache(Cache):
             log.info("redis answers again")
         self._healthy = True
 
-    async def get(self, image_id):
+    async def get(self, key):
         try:
-            fields = await self._client.hgetall(self._key(image_id))
+            fields = await self._client.hgetall(self._key(key))
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return None
@@ -52,22 +52,22 @@ class RedisCache(Cache):
         return CachedImage(fields[b"data"], fields[b"mime_type"].decode(),
                            fields[b"etag"].decode())
 
-    async def set(self, image_id, entry):
+    async def set(self, key, entry):
         try:
             async with self._client.pipeline(transaction=True) as pipe:
-                key = self._key(image_id)
-                pipe.hset(key, mapping={"data": entry.data, "mime_type": entry.mime_type,
-                                        "etag": entry.etag})
-                pipe.expire(key, self.ttl)
+                name = self._key(key)
+                pipe.hset(name, mapping={"data": entry.data, "mime_type": entry.mime_type,
+                                         "etag": entry.etag})
+                pipe.expire(name, self.ttl)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self._failed("set", exc)
             return
         self._ok()
 
-    async def delete(self, image_id):
+    async def delete(self, key):
         try:
-            await self._client.delete(self._key(image_id))
+            await self._client.delete(self._key(key))
         except (RedisError, OSError) as exc:
             self._failed("delete", exc)
 

@@ -9,7 +9,8 @@ import tornado.web
 
 from handlers.base import NotFoundHandler
 from handlers.health import HealthHandler, ReadyHandler
-from handlers.images import ImageContentHandler, ImageHandler, UploadStatusHandler
+from handlers.images import (ImageContentHandler, ImageHandler, ThumbnailHandler,
+                             UploadStatusHandler)
 from handlers.pages import IndexHandler
 from handlers.upload import UploadHandler
 
@@ -24,6 +25,7 @@ def web_routes(context):
         (r"/api/uploads/([0-9a-zA-Z-]{1,64})", UploadStatusHandler, deps),
         (r"/api/images/([0-9]{1,18})", ImageHandler, deps),
         (r"/api/images/([0-9]{1,18})/content", ImageContentHandler, deps),
+        (r"/api/images/([0-9]{1,18})/thumbnail", ThumbnailHandler, deps),
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, deps),
     ]

@@ -92,9 +92,9 @@ class UploadHandler(BaseHandler):
         if len(data) > self.config.max_upload_bytes:
             raise self.too_large()
         mime_type = imaging.sniff_mime(data)
-        if mime_type not in imaging.ACCEPTED_TYPES:
+        if mime_type not in self.config.accepted_types:
             raise ApiError(415, "unsupported image type",
-                           "the file is not one of %s" % ", ".join(imaging.ACCEPTED_TYPES))
+                           "the file is not one of %s" % ", ".join(self.config.accepted_types))
         return Upload(uuid.uuid4().hex, nickname, uploaded[0].filename or "", mime_type, data)
 
     async def accept(self, upload):

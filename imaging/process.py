@@ -35,14 +35,14 @@ THUMBNAIL_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/web
 
 @dataclass(frozen=True)
 class ImagingSettings:
-    accepted: tuple = ("image/jpeg", "image/png", "image/gif", "image/webp",
-                       "image/tiff", "image/bmp")
-    max_pixels: int = 50_000_000
-    max_side: int = 30_000
-    thumbnail_sizes: tuple = (256, 1280)
-    thumbnail_format: str = "jpeg"
-    thumbnail_quality: int = 85
-    strip_metadata: bool = False
+    """The processing settings of ``config.Config`` (built with ``from_config``)."""
+    accepted: tuple
+    max_pixels: int
+    max_side: int
+    thumbnail_sizes: tuple
+    thumbnail_format: str
+    thumbnail_quality: int
+    strip_metadata: bool
 
     @classmethod
     def from_config(cls, config):
@@ -87,7 +87,7 @@ def check_acceptable(data, settings):
     return mime
 
 
-def process(data, settings=ImagingSettings()):
+def process(data, settings):
     """Validate ``data`` and make its thumbnails; raise InvalidImage with a reason."""
     mime = check_acceptable(data, settings)
     with warnings.catch_warnings():

@@ -9,7 +9,7 @@ request id is unique across both tables, which is what makes a redelivered
 upload store once.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 QUEUED, PROCESSING, STORED, FAILED = "queued", "processing", "stored", "failed"
 
@@ -20,13 +20,17 @@ class StorageError(Exception):
 
 @dataclass
 class NewImage:
-    """A validated image, ready to store."""
+    """A validated image, ready to store, with its thumbnails (objects with
+    ``size``, ``mime_type``, ``width``, ``height`` and ``data``)."""
     nickname: str
     mime_type: str
     data: bytes
     width: int
     height: int
     sha256: str
+    taken_at: str = None
+    camera: str = None
+    thumbnails: list = field(default_factory=list)
 
     @property
     def size(self):
@@ -35,10 +39,10 @@ class NewImage:
 
 class Storage:
     """The storage contract.  Images are dicts with ``id``, ``request_id``,
-    ``nickname``, ``mime_type``, ``size``, ``width``, ``height``, ``sha256`` and
-    ``created_at`` (ISO 8601, UTC); uploads are dicts with ``request_id``,
-    ``nickname``, ``status``, ``image_id``, ``error``, ``created_at`` and
-    ``updated_at``."""
+    ``nickname``, ``mime_type``, ``size``, ``width``, ``height``, ``sha256``,
+    ``created_at`` (ISO 8601, UTC), ``taken_at`` and ``camera`` (from EXIF, or
+    None); uploads are dicts with ``request_id``, ``nickname``, ``status``,
+    ``image_id``, ``duplicate``, ``error``, ``created_at`` and ``updated_at``."""
 
     db_type = None
 
@@ -71,8 +75,11 @@ class Storage:
         raise NotImplementedError
 
     async def store_image(self, request_id, image):
-        """Store ``image`` (a NewImage) and mark the upload ``stored``, in one
-        transaction.  A request id stored before returns the image stored then."""
+        """Store ``image`` (a NewImage) and its thumbnails and mark the upload
+        ``stored``, in one transaction.  A request id stored before returns the
+        image stored then; the same bytes stored before under the same nickname
+        are not stored again: the upload points at that image, marked duplicate.
+        Returns the image, with ``duplicate`` saying which happened."""
         raise NotImplementedError
 
     async def get_image(self, image_id):
@@ -80,6 +87,10 @@ class Storage:
 
     async def get_image_content(self, image_id):
         """Return ``(data, mime_type, sha256)`` or None."""
+        raise NotImplementedError
+
+    async def get_thumbnail(self, image_id, size):
+        """Return ``(data, mime_type, width, height)`` or None."""
         raise NotImplementedError
 
     async def event_done(self, key):

@@ -41,10 +41,26 @@ MIGRATIONS = [
         done_at {timestamp} NOT NULL
     )
     """,
+    """
+    ALTER TABLE images ADD COLUMN taken_at TEXT;
+    ALTER TABLE images ADD COLUMN camera TEXT;
+    ALTER TABLE uploads ADD COLUMN duplicate INTEGER NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX images_nickname_sha256 ON images (nickname, sha256);
+    CREATE TABLE thumbnails (
+        image_id BIGINT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        size INTEGER NOT NULL,
+        mime_type TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        data {blob} NOT NULL,
+        PRIMARY KEY (image_id, size)
+    )
+    """,
 ]
 
-IMAGE_COLUMNS = "id, request_id, nickname, mime_type, size, width, height, sha256, created_at"
-UPLOAD_COLUMNS = "request_id, nickname, status, image_id, error, created_at, updated_at"
+IMAGE_COLUMNS = ("id, request_id, nickname, mime_type, size, width, height, sha256, created_at, "
+                 "taken_at, camera")
+UPLOAD_COLUMNS = "request_id, nickname, status, image_id, duplicate, error, created_at, updated_at"
 
 
 def utc_now():
@@ -115,6 +131,8 @@ class SQLStorage(Storage):
         for key in ("created_at", "updated_at"):
             if key in record:
                 record[key] = iso(record[key])
+        if "duplicate" in record:
+            record["duplicate"] = bool(record["duplicate"])
         return record
 
     # -- schema -----------------------------------------------------------
@@ -189,18 +207,31 @@ class SQLStorage(Storage):
     async def store_image(self, request_id, image):
         def store(cursor):
             now = utc_now()
+            # Either unique key may hold: the request id (a redelivery) or the
+            # nickname and bytes (the same photo uploaded again).
             self._execute(cursor, "INSERT INTO images (request_id, nickname, mime_type, size, "
-                          "width, height, sha256, created_at, data) VALUES "
-                          "(%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING",
+                          "width, height, sha256, created_at, taken_at, camera, data) VALUES "
+                          "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                           (request_id, image.nickname, image.mime_type, image.size,
-                           image.width, image.height, image.sha256, now,
-                           image.data))
+                           image.width, image.height, image.sha256, now, image.taken_at,
+                           image.camera, image.data))
             stored = self._get_image_by_request(cursor, request_id)
+            duplicate = stored is None
+            if duplicate:
+                stored = self._one(cursor, "SELECT %s FROM images WHERE nickname = %%s AND "
+                                   "sha256 = %%s" % IMAGE_COLUMNS,
+                                   (image.nickname, image.sha256), IMAGE_COLUMNS)
+            else:
+                for thumb in image.thumbnails:
+                    self._execute(cursor, "INSERT INTO thumbnails (image_id, size, mime_type, "
+                                  "width, height, data) VALUES (%s, %s, %s, %s, %s, %s) "
+                                  "ON CONFLICT DO NOTHING", (stored["id"], thumb.size,
+                                  thumb.mime_type, thumb.width, thumb.height, thumb.data))
             self._ensure_upload(cursor, request_id, image.nickname, now)
-            self._execute(cursor, "UPDATE uploads SET status = %s, image_id = %s, error = NULL, "
-                          "updated_at = %s WHERE request_id = %s",
-                          (STORED, stored["id"], now, request_id))
-            return stored
+            self._execute(cursor, "UPDATE uploads SET status = %s, image_id = %s, duplicate = %s, "
+                          "error = NULL, updated_at = %s WHERE request_id = %s",
+                          (STORED, stored["id"], int(duplicate), now, request_id))
+            return dict(stored, duplicate=duplicate)
         return await self._run(store, write=True)
 
     def _get_image_by_request(self, cursor, request_id):
@@ -217,6 +248,13 @@ class SQLStorage(Storage):
             row = self._execute(cursor, "SELECT data, mime_type, sha256 FROM images WHERE id = %s",
                                 (image_id,)).fetchone()
             return None if row is None else (bytes(row[0]), row[1], row[2])
+        return await self._run(select)
+
+    async def get_thumbnail(self, image_id, size):
+        def select(cursor):
+            row = self._execute(cursor, "SELECT data, mime_type, width, height FROM thumbnails "
+                                "WHERE image_id = %s AND size = %s", (image_id, size)).fetchone()
+            return None if row is None else (bytes(row[0]), row[1], row[2], row[3])
         return await self._run(select)
 
     # -- notifier bookkeeping ---------------------------------------------

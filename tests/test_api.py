@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from cache import content_key
 from tests.helpers import make_image, post_upload, wait_for_upload
 
 
@@ -62,7 +63,7 @@ async def test_content_answers_304_to_its_etag_and_is_cached(http_client, base_u
     other = await http_client.fetch(url, headers={"If-None-Match": '"something-else"'})
     assert other.code == 200 and other.body == data
 
-    cached = await context.cache.get(status["image_id"])
+    cached = await context.cache.get(content_key(status["image_id"]))
     if context.config.cache_type == "none":
         assert cached is None
     else:
@@ -78,7 +79,7 @@ async def test_a_cached_image_is_served_from_the_cache(http_client, base_url, co
     data = make_image()
     response = await post_upload(http_client, base_url, "dan", data)
     status = await wait_for_upload(http_client, base_url, json.loads(response.body)["request_id"])
-    await context.cache.set(status["image_id"], CachedImage(b"from-cache", "image/gif", '"x"'))
+    await context.cache.set(content_key(status["image_id"]), CachedImage(b"from-cache", "image/gif", '"x"'))
     content = await http_client.fetch("%s/api/images/%d/content" % (base_url, status["image_id"]))
     if context.config.cache_type == "none":
         assert (content.body, content.headers["Content-Type"]) == (data, "image/png")

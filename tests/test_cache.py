@@ -13,7 +13,7 @@ import urllib.parse
 import pytest
 import redis
 
-from cache import CachedImage, NoCache
+from cache import CachedImage, NoCache, content_key
 from cache.memory import MemoryCache
 from cache.redis import RedisCache
 from tests.conftest import REDIS_URL, free_port
@@ -146,7 +146,7 @@ async def test_redis_keys_expire_and_live_under_the_prefix(redis_prefix, redis_c
     deployments (and test runs) apart."""
     cache = RedisCache(REDIS_URL, prefix=redis_prefix, ttl=600)
     try:
-        await cache.set(5, entry())
+        await cache.set(content_key(5), entry())
         keys = [key.decode() for key in redis_client.scan_iter(match=redis_prefix + "*")]
         assert keys == [redis_prefix + "image:5"]
         assert 0 < redis_client.ttl(keys[0]) <= 600

@@ -13,13 +13,13 @@ import uuid
 import pika
 import pytest
 
-from tests import conftest
-import imaging
+import consumers.processor as processor_module
 from broker import UPLOAD_ROUTING_KEY
 from broker.memory import MemoryBroker
 from broker.messages import Upload
 from consumers.processor import Processor
 from storage import StorageError
+from tests import conftest
 from tests.helpers import eventually, make_image
 
 CONTRACT_FIELDS = {"event", "image_id", "request_id", "nickname", "mime_type",
@@ -104,15 +104,15 @@ async def settled(context, *queues):
         await eventually(empty, timeout=15, interval=0.1)
 
 
-def count_inspect_calls(monkeypatch):
-    """Record each imaging.inspect call as (thread, data); still runs the real thing."""
+def count_process_calls(monkeypatch):
+    """Record each image processing call as (thread, data); still runs the real thing."""
     calls = []
-    real = imaging.inspect
+    real = processor_module.process
 
-    def inspect(data, *args, **kwargs):
+    def process(data, *args, **kwargs):
         calls.append((threading.current_thread(), bytes(data)))
         return real(data, *args, **kwargs)
-    monkeypatch.setattr(imaging, "inspect", inspect)
+    monkeypatch.setattr(processor_module, "process", process)
     return calls
 
 
@@ -147,7 +147,7 @@ async def test_valid_upload_is_stored_and_announced(context, caplog):
 @pytest.mark.parametrize("kind", ["text", "truncated png"])
 async def test_body_that_is_not_an_image_fails_once_and_is_acked(context, caplog,
                                                                   monkeypatch, kind):
-    calls = count_inspect_calls(monkeypatch)
+    calls = count_process_calls(monkeypatch)
     png = make_image("PNG", size=(200, 150))
     data = b"hello, this is plain text\n" if kind == "text" else png[:len(png) // 2]
     upload = make_upload(data)
@@ -331,7 +331,7 @@ async def test_foreign_amqp_client_feeds_the_processor_and_hears_the_event(conte
 
 @pytest.mark.gen_test(timeout=30)
 async def test_image_work_runs_in_the_image_executor(context, monkeypatch):
-    calls = count_inspect_calls(monkeypatch)
+    calls = count_process_calls(monkeypatch)
     upload = make_upload()
     await publish_upload(context, upload)
     assert (await finished(context, upload.request_id))["status"] == "stored"
@@ -341,19 +341,19 @@ async def test_image_work_runs_in_the_image_executor(context, monkeypatch):
     assert thread is not threading.current_thread()
 
 
-def slow_inspect(monkeypatch, seconds, times=1):
-    """imaging.inspect that takes ``seconds`` (in its thread) the first ``times`` calls."""
+def slow_process(monkeypatch, seconds, times=1):
+    """Image processing that takes ``seconds`` (in its thread) the first ``times`` calls."""
     started = threading.Event()
-    real = imaging.inspect
+    real = processor_module.process
     calls = []
 
-    def inspect(*args, **kwargs):
+    def process(*args, **kwargs):
         calls.append(1)
         if len(calls) <= times:
             started.set()
             time.sleep(seconds)
         return real(*args, **kwargs)
-    monkeypatch.setattr(imaging, "inspect", inspect)
+    monkeypatch.setattr(processor_module, "process", process)
     return started
 
 
@@ -363,7 +363,7 @@ NO_CONSUMERS = {"roles": ("web",)}  # the test starts its own processor
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("config_overrides", [NO_CONSUMERS])
 async def test_stop_waits_for_the_message_in_flight(context, monkeypatch):
-    started = slow_inspect(monkeypatch, 0.6)
+    started = slow_process(monkeypatch, 0.6)
     processor = Processor(context)
     processor.start()
     upload = make_upload()
@@ -381,7 +381,7 @@ async def test_stop_waits_for_the_message_in_flight(context, monkeypatch):
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("config_overrides", [NO_CONSUMERS])
 async def test_stop_requeues_what_does_not_finish_in_time(context, monkeypatch):
-    started = slow_inspect(monkeypatch, 1.0)
+    started = slow_process(monkeypatch, 1.0)
     processor = Processor(context)
     processor.start()
     upload = make_upload()

@@ -381,9 +381,14 @@ def test_split_roles_in_three_processes(postgres_url, amqp_prefix, redis_prefix,
 # -- 4. a processor stopped in the middle of a stream of uploads -------------------------
 
 # Small on the wire, but 2500 x 2500 pixels to decode: the processor stays busy
-# (with IMAGE_WORKERS=1) while the web tier accepts uploads much faster.
-HEAVY = make_image("PNG", size=(2500, 2500), color=(120, 130, 140))
-LIGHT = make_image("PNG", size=(32, 32), color=(1, 2, 3))
+# (with IMAGE_WORKERS=1) while the web tier accepts uploads much faster.  Each
+# upload's colour differs, so none is a duplicate of another.
+def heavy(n):
+    return make_image("PNG", size=(2500, 2500), color=(120, 130, n))
+
+
+def light(n):
+    return make_image("PNG", size=(32, 32), color=(1, 2, n))
 
 
 def stored_rows(postgres_url):
@@ -412,15 +417,15 @@ def test_processor_stopped_mid_stream_loses_and_duplicates_nothing(postgres_url,
 
     accepted = []
 
-    def send(count, data):
+    def send(count, make):
         for _ in range(count):
-            code, body = upload(port, data, nickname="stream")
+            code, body = upload(port, make(len(accepted)), nickname="stream")
             assert code == 202, (code, body)
             accepted.append(body["request_id"])
 
     # A burst the processor cannot keep up with: when the signal comes, it holds
     # a full prefetch window of unacked messages, some of them half processed.
-    send(10, HEAVY)
+    send(10, heavy)
     first.wait_for_log("stored as image")
     images, uploads = stored_rows(postgres_url)
     assert len(images) < len(accepted), "the processor was not behind; nothing was in flight"
@@ -440,13 +445,13 @@ def test_processor_stopped_mid_stream_loses_and_duplicates_nothing(postgres_url,
     assert len(images) < len(accepted)
 
     # With no processor, RabbitMQ holds the uploads: the web tier still answers 202.
-    send(15, LIGHT)
+    send(15, light)
     code, _headers, body = fetch(port, "GET", "/readyz")
     assert code == 200, body
 
     second = spawn("processor-2", ["-m", "consumers.processor"], process_env(**services),
                    ready=RABBIT_READY)
-    send(15, LIGHT)
+    send(15, light)
     assert len(accepted) == len(set(accepted)) == 40
 
     final = wait_all_stored(port, accepted, timeout=40)

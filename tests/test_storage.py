@@ -275,6 +275,7 @@ async def test_image_bytes_come_back_identical(storage):
                       "mime_type": "image/webp", "size": len(ALL_BYTES), "width": 64,
                       "height": 48, "sha256": image.sha256}
     parse_time(stored["created_at"])
+    assert stored.pop("duplicate") is False
     assert await storage.get_image(stored["id"]) == stored
 
     data, mime_type, sha256 = await storage.get_image_content(stored["id"])
@@ -289,6 +290,37 @@ async def test_unknown_ids_are_none(storage):
     assert await storage.get_image(10 ** 9) is None
     assert await storage.get_image_content(10 ** 9) is None
     assert await storage.get_upload("no-such-request") is None
+
+
+@pytest.mark.gen_test
+async def test_the_same_bytes_under_the_same_nickname_are_stored_once(storage):
+    first = await storage.store_image("r-1", new_image(b"same bytes", nickname="alice"))
+    again = await storage.store_image("r-2", new_image(b"same bytes", nickname="alice"))
+    other = await storage.store_image("r-3", new_image(b"same bytes", nickname="bob"))
+    assert (first["duplicate"], again["duplicate"], other["duplicate"]) == (False, True, False)
+    assert again["id"] == first["id"] and other["id"] != first["id"]
+    upload = await storage.get_upload("r-2")
+    assert (upload["status"], upload["image_id"], upload["duplicate"]) == (
+        STORED, first["id"], True)
+    assert (await storage.get_upload("r-1"))["duplicate"] is False
+    # A redelivery of the duplicate stays a duplicate of the same image.
+    assert (await storage.store_image("r-2", new_image(b"same bytes", nickname="alice")))[
+        "id"] == first["id"]
+
+
+@pytest.mark.gen_test
+async def test_thumbnails_and_exif_fields_are_stored_with_the_image(storage):
+    from imaging.process import Thumbnail
+    image = new_image(b"original")
+    image.taken_at, image.camera = "2024-05-06T07:08:09", "Google Pixel 9"
+    image.thumbnails = [Thumbnail(1280, "image/jpeg", 640, 480, ALL_BYTES),
+                        Thumbnail(256, "image/jpeg", 256, 192, b"small")]
+    stored = await storage.store_image("r-1", image)
+    assert (stored["taken_at"], stored["camera"]) == ("2024-05-06T07:08:09", "Google Pixel 9")
+    assert await storage.get_thumbnail(stored["id"], 1280) == (ALL_BYTES, "image/jpeg", 640, 480)
+    assert await storage.get_thumbnail(stored["id"], 256) == (b"small", "image/jpeg", 256, 192)
+    assert await storage.get_thumbnail(stored["id"], 512) is None
+    assert await storage.get_thumbnail(10 ** 9, 256) is None
 
 
 # -- notifier bookkeeping ------------------------------------------------------
