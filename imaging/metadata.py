@@ -13,18 +13,18 @@ import struct
 
 from PIL import ExifTags, Image
 
-# Signatures of things that must not ride along behind an image.
-FOREIGN = re.compile(rb"PK\x03\x04|%PDF-|Rar!\x1a\x07|7z\xbc\xaf\x27\x1c|\x7fELF|<\s*[a-z!?/]"
-                     rb"|\x1f\x8b\x08|MZ\x90\x00", re.I)
+# How the things that must not ride along behind an image begin.
+FOREIGN = re.compile(rb"PK\x03\x04|%PDF-|Rar!\x1a\x07|7z\xbc\xaf\x27\x1c|\x7fELF|MZ|\x1f\x8b|<")
 # Markup that turns an image into an image/HTML (or script) polyglot.
 MARKUP = re.compile(rb"<\s*(script|html|body|svg|iframe|object|embed|\?php|!doctype)", re.I)
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
-def jpeg_layout(data):
+def jpeg_layout(data, after_scan=False):
     """``(segments, scan_start, end)``: the header segments ``(marker, start, end)``
-    before the first scan, where the first scan starts, and where EOI ends
-    (None when the file stops early)."""
+    before the first scan (and those between and after the scans too, with
+    ``after_scan``), where the first scan starts, and where EOI ends (None when
+    the file stops early)."""
     segments, scan_start, pos, size = [], None, 2, len(data)
     while pos + 2 <= size:
         if data[pos] != 0xFF:
@@ -48,7 +48,7 @@ def jpeg_layout(data):
                 break
             pos = found.start()
             continue
-        if scan_start is None:
+        if scan_start is None or after_scan:
             segments.append((marker, pos, end))
         pos = end
     return segments, scan_start, None
@@ -67,15 +67,16 @@ def png_chunks(data):
     return chunks, None
 
 
-def gif_end(data):
-    """Where the GIF trailer ends, or None."""
+def gif_end(data, extensions=None):
+    """Where the GIF trailer ends, or None; the ``(start, end)`` of each extension
+    block (comments, application data ...) is added to the list ``extensions``."""
     if len(data) < 13:
         return None
     pos = 13
     if data[10] & 0x80:
         pos += 3 * (2 << (data[10] & 7))
     while pos < len(data):
-        block = data[pos]
+        block, start = data[pos], pos
         if block == 0x3B:
             return pos + 1
         if block == 0x21:
@@ -90,6 +91,8 @@ def gif_end(data):
         while pos < len(data) and data[pos]:  # data sub-blocks
             pos += data[pos] + 1
         pos += 1
+        if block == 0x21 and extensions is not None:
+            extensions.append((start, pos))
     return None
 
 
@@ -105,43 +108,55 @@ def riff_chunks(data):
     return chunks, end
 
 
-def image_end(data, mime):
-    """Where the image data ends, for the formats whose container says so."""
-    if mime == "image/jpeg":
-        return jpeg_layout(data)[2]
+def layout(data, mime):
+    """``(end, regions)``: where the image data ends (None where the container
+    does not say) and the parts of the file that are not pixel data (headers,
+    comments, text chunks, extension blocks), read in one pass."""
+    if mime == "image/jpeg":  # the header, and any segment between or after the scans
+        segments, scan_start, end = jpeg_layout(data, after_scan=True)
+        return end, [data[:scan_start or 65536]] + [
+            data[start:stop] for _marker, start, stop in segments
+            if scan_start is not None and start > scan_start]
     if mime == "image/png":
-        return png_chunks(data)[1]
-    if mime == "image/gif":
-        return gif_end(data)
+        chunks, end = png_chunks(data)
+        return end, [data[start:stop] for kind, start, stop in chunks if kind != b"IDAT"]
     if mime == "image/webp":
-        return riff_chunks(data)[1]
+        chunks, end = riff_chunks(data)
+        return end, [data[start:stop] for kind, start, stop in chunks
+                     if kind not in (b"VP8 ", b"VP8L", b"ALPH", b"ANMF")]
+    if mime == "image/gif":  # the header, and every extension block wherever it is
+        extensions = []
+        end = gif_end(data, extensions)
+        return end, [data[:4096]] + [data[start:stop] for start, stop in extensions]
     if mime == "image/bmp":
-        return struct.unpack("<I", data[2:6])[0]
-    return None
+        return (struct.unpack("<I", data[2:6])[0] if len(data) >= 6 else None), [data[:4096]]
+    return None, [data[:4096]]
 
 
-def metadata_regions(data, mime):
-    """The parts of the file that are not pixel data (headers, comments, text chunks)."""
-    if mime == "image/jpeg":
-        segments, scan_start, _ = jpeg_layout(data)
-        return [data[:scan_start or 65536]]
-    if mime == "image/png":
-        return [data[start:end] for kind, start, end in png_chunks(data)[0] if kind != b"IDAT"]
-    if mime == "image/webp":
-        return [data[start:end] for kind, start, end in riff_chunks(data)[0]
-                if kind not in (b"VP8 ", b"VP8L", b"ALPH", b"ANMF")]
-    return [data[:4096]]
+def foreign_trailer(trailer):
+    """True when what follows the image is a document, an archive, a program or
+    markup.  Phones append further pictures (multi-picture JPEGs, HDR gain maps)
+    and motion-photo videos behind a JPEG: those are media, and stay."""
+    head = trailer.lstrip(b"\x00\t\r\n ")
+    if not head:
+        return False
+    if MARKUP.search(trailer):
+        return True
+    # ZIP and PDF readers look at the end of a file, wherever the rest starts.
+    if b"PK\x05\x06" in trailer[-65557:] or b"%%EOF" in trailer[-1024:]:
+        return True
+    if head.startswith(b"\xff\xd8\xff") or head[4:8] == b"ftyp":
+        return False
+    return FOREIGN.match(head) is not None
 
 
 def polyglot_reason(data, mime):
     """Why ``data`` is more than one image, or None."""
-    end = image_end(data, mime)
-    if end is not None and end < len(data):
-        trailer = data[end:].rstrip(b"\x00")
-        if FOREIGN.search(trailer[:4096]):
-            return ("%d bytes of another format follow the end of the %s data"
-                    % (len(data) - end, mime))
-    for region in metadata_regions(data, mime):
+    end, regions = layout(data, mime)
+    if end is not None and end < len(data) and foreign_trailer(data[end:]):
+        return ("%d bytes of another format follow the end of the %s data"
+                % (len(data) - end, mime))
+    for region in regions:
         if MARKUP.search(region):
             return "the file's metadata carries HTML or script markup"
     return None

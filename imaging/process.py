@@ -30,6 +30,9 @@ ORIENTATIONS = {
     6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+# Pillow's decompression-bomb warnings are errors in this process (set once,
+# not per call: warning filters are process-wide and calls run in threads).
+warnings.simplefilter("error", Image.DecompressionBombWarning)
 THUMBNAIL_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 
 
@@ -90,17 +93,14 @@ def check_acceptable(data, settings):
 def process(data, settings):
     """Validate ``data`` and make its thumbnails; raise InvalidImage with a reason."""
     mime = check_acceptable(data, settings)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return _process(data, mime, settings)
-        except InvalidImage:
-            raise
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise InvalidImage("image is too large to decode safely: %s" % exc) from None
-        except Exception as exc:  # Pillow raises many types for bad data
-            raise InvalidImage("the %s data is corrupt or truncated: %s"
-                               % (mime, exc)) from None
+    try:
+        return _process(data, mime, settings)
+    except InvalidImage:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise InvalidImage("image is too large to decode safely: %s" % exc) from None
+    except Exception as exc:  # Pillow raises many types for bad data
+        raise InvalidImage("the %s data is corrupt or truncated: %s" % (mime, exc)) from None
 
 
 def _process(data, mime, settings):
@@ -115,12 +115,14 @@ def _process(data, mime, settings):
             raise InvalidImage("image is %d x %d pixels; no side may exceed %d"
                                % (width, height, settings.max_side))
         exif = image.getexif()
-        if exif.get(ExifTags.Base.Orientation) in SWAPPED_ORIENTATIONS:
-            width, height = height, width
         largest = max(settings.thumbnail_sizes)
         if image.format == "JPEG":
             image.draft("RGB", (largest, largest))
         image.load()
+        # Asked after the load: newer Pillows stand a TIFF upright themselves
+        # (its size is already upright) and drop the tag from ``exif`` while loading.
+        if exif.get(ExifTags.Base.Orientation) in SWAPPED_ORIENTATIONS:
+            width, height = height, width
         thumbnails = make_thumbnails(image, exif, settings)
 
     stored = strip_metadata(data, mime) if settings.strip_metadata else data
@@ -130,16 +132,17 @@ def _process(data, mime, settings):
 
 
 def make_thumbnails(image, exif, settings):
-    """Upright thumbnails, largest first, each from the one before."""
+    """Upright thumbnails, largest first, each from the one before.  The EXIF
+    rotation is applied to the largest thumbnail rather than the decoded frame
+    (the box is square, so resizing first gives the same picture)."""
     pil_format, mime = THUMBNAIL_FORMATS[settings.thumbnail_format]
-    frame = image.copy()
     transpose = ORIENTATIONS.get(exif.get(ExifTags.Base.Orientation, 1))
-    if transpose is not None:
-        frame = frame.transpose(transpose)
-    frame = flatten(frame, keep_alpha=pil_format == "WEBP")
+    frame = flatten(image, keep_alpha=pil_format == "WEBP")
     thumbnails = []
     for size in sorted(settings.thumbnail_sizes, reverse=True):
-        frame.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        frame.thumbnail((size, size))  # Pillow's defaults: bicubic, reducing gap 2
+        if transpose is not None:
+            frame, transpose = frame.transpose(transpose), None
         buffer = io.BytesIO()
         frame.save(buffer, pil_format, quality=settings.thumbnail_quality)
         thumbnails.append(Thumbnail(size, mime, frame.width, frame.height, buffer.getvalue()))
