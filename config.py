@@ -51,6 +51,11 @@ class Config:
     thumbnail_format: str = "jpeg"
     thumbnail_quality: int = 85
     strip_metadata: bool = False
+    # Waits (seconds) between attempts at an upload that failed for a passing
+    # reason; after max_attempts it is dead-lettered.
+    retry_delays: tuple = (2, 10, 60, 300)
+    max_attempts: int = 5
+    api_token: str = ""
     xsrf_secret: str = ""
 
     @property
@@ -88,6 +93,8 @@ class Config:
                               % self.thumbnail_format)
         if not self.thumbnail_sizes or min(self.thumbnail_sizes) < 16:
             raise ConfigError("THUMBNAIL_SIZES takes a comma list of sizes of 16 px or more")
+        if not self.retry_delays or min(self.retry_delays) <= 0 or self.max_attempts < 1:
+            raise ConfigError("RETRY_DELAYS takes positive seconds and MAX_ATTEMPTS at least 1")
         if self.database_url.split(":", 1)[0] not in ("sqlite", "postgres", "postgresql"):
             raise ConfigError("DATABASE_URL must be sqlite:///path or postgresql://...; got %r"
                               % self.database_url)
@@ -140,6 +147,10 @@ def _sizes(value):
     return tuple(sorted({int(word) for word in _words(value)}))
 
 
+def _delays(value):
+    return tuple(float(word) for word in _words(value))
+
+
 def _flag(value):
     return value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -182,6 +193,12 @@ _SETTINGS = [
      "thumbnail encoder quality, 1-100"),
     ("--strip-metadata", "STRIP_METADATA", "strip_metadata", _flag,
      "remove EXIF/GPS and text metadata from stored originals (true/false)"),
+    ("--retry-delays", "RETRY_DELAYS", "retry_delays", _delays,
+     "comma list of waits (s) between attempts after a passing failure"),
+    ("--max-attempts", "MAX_ATTEMPTS", "max_attempts", int,
+     "attempts at an upload before it is dead-lettered"),
+    ("--api-token", "API_TOKEN", "api_token", str,
+     "bearer token for the operator routes (dead letters)"),
     ("--xsrf-secret", "XSRF_SECRET", "xsrf_secret", str, "cookie secret for page forms"),
 ]
 

@@ -17,6 +17,7 @@ import sys
 import tornado.httpserver
 
 from config import ConfigError, load_config
+from consumers.dead_letters import DeadLetterRecorder
 from consumers.notifier import Notifier
 from consumers.processor import Processor
 from context import close_context, open_context
@@ -26,7 +27,8 @@ from storage import StorageError
 
 log = logging.getLogger("photo_app")
 
-CONSUMERS = {"processor": Processor, "notifier": Notifier}
+# The consumers each role runs.
+CONSUMERS = {"processor": [Processor, DeadLetterRecorder], "notifier": [Notifier]}
 
 
 def setup_logging():
@@ -37,7 +39,8 @@ def setup_logging():
 
 
 def start_consumers(context):
-    consumers = [CONSUMERS[role](context) for role in context.config.roles if role in CONSUMERS]
+    consumers = [consumer(context) for role in context.config.roles
+                 for consumer in CONSUMERS.get(role, [])]
     for consumer in consumers:
         consumer.start()
     return consumers

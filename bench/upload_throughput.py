@@ -461,8 +461,8 @@ def delete_amqp_objects(amqp_url, prefix):
     topology = amqp_topology(prefix)
     connection, channel = amqp_channel(amqp_url)
     try:
-        for queue, _exchange, _keys in topology.queues:
-            channel.queue_delete(queue)
+        for spec in topology.queues:
+            channel.queue_delete(spec.name)
         for exchange in topology.exchanges:
             channel.exchange_delete(exchange)
     finally:

@@ -13,39 +13,83 @@ taken responsibility for the message (a publisher confirm) or raise
 
 from dataclasses import dataclass, field
 
+from config import Config
+
 # The routing keys of the contract (DESIGN.md).  Exchange and queue names get a
 # deployment prefix (AMQP_PREFIX); routing keys do not.
 UPLOAD_ROUTING_KEY = "image-processing-queue"
 IMAGE_UPLOADED = "image.uploaded"
 IMAGE_FAILED = "image.failed"
 IMAGE_DELETED = "image.deleted"
+DEAD_ROUTING_KEY = "dead"
 
 
 class BrokerUnavailable(Exception):
     """The broker did not take the message (nack, return, no connection, timeout)."""
 
 
-class Topology:
-    """Every exchange, queue and binding, under one name prefix."""
+@dataclass(frozen=True)
+class QueueSpec:
+    """A durable queue, its bindings, and (for a delay queue) where its
+    messages go once they have waited ``ttl`` seconds."""
+    name: str
+    exchange: str
+    routing_keys: tuple
+    ttl: float = None
+    dead_letter: tuple = None  # (exchange, routing key)
 
-    def __init__(self, prefix=""):
+    @property
+    def amqp_arguments(self):
+        """The queue's ``x-`` arguments as AMQP declares them."""
+        if self.ttl is None:
+            return {}
+        return {"x-message-ttl": int(self.ttl * 1000),
+                "x-dead-letter-exchange": self.dead_letter[0],
+                "x-dead-letter-routing-key": self.dead_letter[1]}
+
+
+class Topology:
+    """Every exchange, queue and binding, under one name prefix.
+
+    Uploads that failed for a passing reason wait in a retry queue (one per
+    delay, so a short wait never queues behind a long one) and then flow back
+    to the work queue; uploads that ran out of attempts go to the dead-letter
+    queue, where they wait to be recorded and, once the cause is fixed,
+    re-queued.
+    """
+
+    def __init__(self, prefix="", retry_delays=Config.retry_delays):
         self.prefix = prefix
         self.upload_exchange = prefix + "image-processing"
         self.upload_queue = prefix + "image-processing-queue"
+        self.retry_exchange = prefix + "image-processing.retry"
+        self.dead_exchange = prefix + "image-processing.dead"
+        self.dead_queue = prefix + "image-processing-queue.dead"
         self.events_exchange = prefix + "photo-app"
         self.notifications_queue = prefix + "photo-app.notifications"
+        self.retry_delays = tuple(retry_delays)
+
+    @staticmethod
+    def retry_key(delay):
+        return "retry.%gs" % delay
 
     @property
     def exchanges(self):
-        return [self.upload_exchange, self.events_exchange]
+        return [self.upload_exchange, self.retry_exchange, self.dead_exchange,
+                self.events_exchange]
 
     @property
     def queues(self):
-        """(queue, exchange, routing keys) for every durable queue."""
+        back_to_work = (self.upload_exchange, UPLOAD_ROUTING_KEY)
         return [
-            (self.upload_queue, self.upload_exchange, [UPLOAD_ROUTING_KEY]),
-            (self.notifications_queue, self.events_exchange,
-             [IMAGE_UPLOADED, IMAGE_FAILED, IMAGE_DELETED]),
+            QueueSpec(self.upload_queue, self.upload_exchange, (UPLOAD_ROUTING_KEY,)),
+            *[QueueSpec("%s.%s" % (self.upload_queue, self.retry_key(delay)),
+                        self.retry_exchange, (self.retry_key(delay),),
+                        ttl=delay, dead_letter=back_to_work)
+              for delay in self.retry_delays],
+            QueueSpec(self.dead_queue, self.dead_exchange, (DEAD_ROUTING_KEY,)),
+            QueueSpec(self.notifications_queue, self.events_exchange,
+                      (IMAGE_UPLOADED, IMAGE_FAILED, IMAGE_DELETED)),
         ]
 
 
@@ -106,7 +150,7 @@ class Broker:
 
 
 def open_broker(config):
-    topology = Topology(config.amqp_prefix)
+    topology = Topology(config.amqp_prefix, config.retry_delays)
     if config.broker_type == "memory":
         from broker.memory import MemoryBroker
         return MemoryBroker(topology)

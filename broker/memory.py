@@ -34,10 +34,11 @@ class MemoryBroker(Broker):
         self._bindings = {}  # (exchange, routing key) -> [queue names]
         self._queues = {}
         self._open = False
-        for queue, exchange, keys in topology.queues:
-            self._queues[queue] = _Queue()
-            for key in keys:
-                self._bindings.setdefault((exchange, key), []).append(queue)
+        self._specs = {spec.name: spec for spec in topology.queues}
+        for spec in topology.queues:
+            self._queues[spec.name] = _Queue()
+            for key in spec.routing_keys:
+                self._bindings.setdefault((spec.exchange, key), []).append(spec.name)
 
     @property
     def ready(self):
@@ -61,9 +62,26 @@ class MemoryBroker(Broker):
         if not queues and mandatory:
             raise BrokerUnavailable("no queue is bound to %s/%s" % (exchange, routing_key))
         for name in queues:
-            self._queues[name].messages.append(Message(
-                bytes(body), routing_key, message_id, content_type, dict(headers or {})))
+            message = Message(bytes(body), routing_key, message_id, content_type,
+                              dict(headers or {}))
+            self._queues[name].messages.append(message)
+            if self._specs[name].ttl is not None:
+                asyncio.get_running_loop().call_later(
+                    self._specs[name].ttl, self._expire, name, message)
             self._schedule(name)
+
+    def _expire(self, name, message):
+        """A delay queue's message has waited long enough: dead-letter it onwards."""
+        queue = self._queues[name].messages
+        if message not in queue or not self._open:
+            return
+        queue.remove(message)
+        exchange, routing_key = self._specs[name].dead_letter
+        for target in self._bindings.get((exchange, routing_key), []):
+            self._queues[target].messages.append(Message(
+                message.body, routing_key, message.message_id, message.content_type,
+                message.headers))
+            self._schedule(target)
 
     def consume(self, queue, on_message, prefetch):
         self._queues[queue].consumers.append(_Consumer(on_message, max(prefetch, 1)))

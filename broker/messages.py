@@ -15,6 +15,9 @@ import json
 from dataclasses import dataclass
 
 MAX_NICKNAME = 100
+# Headers the processor adds when an upload goes to a retry or dead-letter queue.
+ATTEMPTS_HEADER = "x-attempts"  # attempts that failed so far
+ERROR_HEADER = "x-error"        # why the last one failed
 
 
 class InvalidUpload(ValueError):

@@ -164,13 +164,14 @@ class RabbitMQBroker(Broker):
             done = _Callback(self)
             channel.exchange_declare(exchange, "direct", durable=True, callback=done)
             await done.future
-        for queue, exchange, keys in self.topology.queues:
+        for spec in self.topology.queues:
             done = _Callback(self)
-            channel.queue_declare(queue, durable=True, callback=done)
+            channel.queue_declare(spec.name, durable=True, arguments=spec.amqp_arguments,
+                                  callback=done)
             await done.future
-            for key in keys:
+            for key in spec.routing_keys:
                 done = _Callback(self)
-                channel.queue_bind(queue, exchange, routing_key=key, callback=done)
+                channel.queue_bind(spec.name, spec.exchange, routing_key=key, callback=done)
                 await done.future
 
     def _on_blocked(self, connection, frame):

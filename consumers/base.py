@@ -2,14 +2,18 @@
 
 A subclass names its queue (``QUEUE``, an attribute of ``broker.Topology``) and
 implements ``handle(message)``.  Returning settles the message with an ack;
-raising means a transient fault (the database is down, say): the message is
-requeued after a delay that grows with consecutive failures, so a fault never
-turns into a tight redelivery loop.  Faults that retrying cannot fix (a body
-that is not an image) are the subclass's to record, after which it returns.
+raising means a transient fault (the database is down, say), which
+``on_failure`` settles: here by requeueing after a delay that grows with
+consecutive failures, so a fault never turns into a tight redelivery loop (the
+processor overrides it with retry queues and a dead-letter queue).  Faults that
+retrying cannot fix (a body that is not an image) are the subclass's to record,
+after which it returns.
 """
 
 import asyncio
 import logging
+
+from broker.messages import event_message_id, image_event
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +46,29 @@ class Consumer:
             raise
         except Exception as exc:
             self._failures += 1
-            delay = min(RETRY_DELAY * 2 ** (self._failures - 1), MAX_RETRY_DELAY)
-            log.warning("%s: message %s failed (%s: %s); requeued in %.1f s",
-                        type(self).__name__, message.message_id, type(exc).__name__, exc, delay)
-            await asyncio.sleep(delay)
-            message.nack(requeue=True)
+            await self.on_failure(message, exc)
         else:
             self._failures = 0
             message.ack()
 
     async def handle(self, message):
         raise NotImplementedError
+
+    async def on_failure(self, message, exc):
+        """Settle a message whose handling raised: requeue it after a delay."""
+        delay = min(RETRY_DELAY * 2 ** (self._failures - 1), MAX_RETRY_DELAY)
+        log.warning("%s: message %s failed (%s: %s); requeued in %.1f s",
+                    type(self).__name__, message.message_id, type(exc).__name__, exc, delay)
+        await asyncio.sleep(delay)
+        message.nack(requeue=True)
+
+    async def publish_event(self, event, request_id, **details):
+        """Publish a notification (``broker.messages.image_event``) and wait for its confirm."""
+        broker = self.context.broker
+        await broker.publish(broker.topology.events_exchange, event,
+                             image_event(event, request_id, **details),
+                             message_id=event_message_id(event, request_id),
+                             content_type="application/json")
 
     async def stop(self, timeout):
         """Stop taking messages, give those in flight ``timeout`` seconds to

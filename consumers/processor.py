@@ -9,14 +9,21 @@ publishes the event again; the same bytes under the same nickname end
 ``stored`` pointing at the image stored before, marked duplicate.  A body that
 is not a valid image ends ``failed`` with the reason, publishes
 ``image.failed`` and is acked.
+
+A passing fault (the database down, the event not confirmed) sends the upload
+to a retry queue, to come back after a delay that grows with each attempt;
+after ``MAX_ATTEMPTS`` it goes to the dead-letter queue instead (see
+``consumers.dead_letters``).  An upload redelivered more often than that
+without ever finishing (it crashes the processor, say) is dead-lettered
+without another try.
 """
 
 import asyncio
 import sys
 import logging
 
-from broker import IMAGE_FAILED, IMAGE_UPLOADED
-from broker.messages import InvalidUpload, Upload, event_message_id, image_event
+from broker import DEAD_ROUTING_KEY, IMAGE_FAILED, IMAGE_UPLOADED, BrokerUnavailable
+from broker.messages import ATTEMPTS_HEADER, ERROR_HEADER, InvalidUpload, Upload
 from consumers.base import Consumer
 from imaging import InvalidImage
 from imaging.process import ImagingSettings, process
@@ -42,15 +49,20 @@ class Processor(Consumer):
                 return
             nickname = str((message.headers or {}).get("nickname") or "")[:100]
             await storage.mark_failed(message.message_id, nickname, str(exc))
-            await self._publish(IMAGE_FAILED, message.message_id, error=str(exc))
+            await self.publish_event(IMAGE_FAILED, message.message_id, error=str(exc))
             return
 
         current = await storage.mark_processing(upload.request_id, upload.nickname)
+        if current["attempts"] > self.context.config.max_attempts and current["status"] != STORED:
+            await self.dead_letter(message, current["attempts"] - 1, "delivered %d times without "
+                                   "finishing (did the processor crash on it?)"
+                                   % (current["attempts"] - 1))
+            return
         if current["status"] == STORED:
             image = await storage.get_image(current["image_id"])
             log.info("upload %s was stored before (redelivery); image %s",
                      upload.request_id, image["id"])
-            await self._publish(IMAGE_UPLOADED, upload.request_id, image=image)
+            await self.publish_event(IMAGE_UPLOADED, upload.request_id, image=image)
             return
 
         try:
@@ -59,7 +71,7 @@ class Processor(Consumer):
         except InvalidImage as exc:
             log.info("upload %s failed: %s", upload.request_id, exc)
             await storage.mark_failed(upload.request_id, upload.nickname, str(exc))
-            await self._publish(IMAGE_FAILED, upload.request_id, upload=upload, error=str(exc))
+            await self.publish_event(IMAGE_FAILED, upload.request_id, upload=upload, error=str(exc))
             return
 
         image = await storage.store_image(upload.request_id, NewImage(
@@ -69,14 +81,40 @@ class Processor(Consumer):
         log.info("upload %s stored as image %s (%s, %dx%d, %d bytes%s)", upload.request_id,
                  image["id"], image["mime_type"], image["width"], image["height"], image["size"],
                  ", a duplicate" if image["duplicate"] else "")
-        await self._publish(IMAGE_UPLOADED, upload.request_id, image=image)
+        await self.publish_event(IMAGE_UPLOADED, upload.request_id, image=image)
 
-    async def _publish(self, event, request_id, **details):
+    async def on_failure(self, message, exc):
+        config, broker = self.context.config, self.context.broker
+        headers = dict(message.headers or {})
+        attempt = int(headers.get(ATTEMPTS_HEADER, 0)) + 1
+        reason = "%s: %s" % (type(exc).__name__, exc)
+        try:
+            if attempt >= config.max_attempts:
+                await self.dead_letter(message, attempt, reason)
+            else:
+                delay = config.retry_delays[min(attempt, len(config.retry_delays)) - 1]
+                headers.update({ATTEMPTS_HEADER: attempt, ERROR_HEADER: reason})
+                await broker.publish(broker.topology.retry_exchange,
+                                     broker.topology.retry_key(delay), message.body,
+                                     message_id=message.message_id,
+                                     content_type=message.content_type, headers=headers,
+                                     mandatory=True)
+                log.warning("upload %s: attempt %d of %d failed (%s); next try in %gs",
+                            message.message_id, attempt, config.max_attempts, reason, delay)
+        except BrokerUnavailable:
+            await super().on_failure(message, exc)  # cannot move it: put it back instead
+            return
+        message.ack()
+
+    async def dead_letter(self, message, attempts, reason):
+        """Park the upload in the dead-letter queue (confirmed) for the recorder."""
         broker = self.context.broker
-        await broker.publish(broker.topology.events_exchange, event,
-                             image_event(event, request_id, **details),
-                             message_id=event_message_id(event, request_id),
-                             content_type="application/json")
+        headers = dict(message.headers or {}, **{ATTEMPTS_HEADER: attempts, ERROR_HEADER: reason})
+        await broker.publish(broker.topology.dead_exchange, DEAD_ROUTING_KEY, message.body,
+                             message_id=message.message_id, content_type=message.content_type,
+                             headers=headers, mandatory=True)
+        log.error("upload %s dead-lettered after %d attempts: %s",
+                  message.message_id, attempts, reason)
 
 
 if __name__ == "__main__":

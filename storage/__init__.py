@@ -55,7 +55,8 @@ class Storage:
         raise NotImplementedError
 
     async def create_upload(self, request_id, nickname):
-        """Record an upload as ``queued`` before it is handed to the broker."""
+        """Record an upload as ``queued`` before it is handed to the broker
+        (idempotent: a retried call after a lost answer finds its own row)."""
         raise NotImplementedError
 
     async def delete_upload(self, request_id):
@@ -66,8 +67,9 @@ class Storage:
         raise NotImplementedError
 
     async def mark_processing(self, request_id, nickname):
-        """``queued`` -> ``processing``; creates the row for uploads published by
-        other AMQP clients.  Returns the upload, whose status may already be final."""
+        """``queued`` -> ``processing`` and one more attempt counted; creates the
+        row for uploads published by other AMQP clients.  Returns the upload,
+        whose status may already be final."""
         raise NotImplementedError
 
     async def mark_failed(self, request_id, nickname, reason):
@@ -91,6 +93,31 @@ class Storage:
 
     async def get_thumbnail(self, image_id, size):
         """Return ``(data, mime_type, width, height)`` or None."""
+        raise NotImplementedError
+
+    async def list_images(self, nickname=None, before_id=None, limit=24):
+        """Up to ``limit`` images (metadata, no bytes), newest first (by id), of
+        ``nickname`` if given, with an id below ``before_id`` if given: keyset
+        pagination, so pages neither repeat nor skip while uploads arrive."""
+        raise NotImplementedError
+
+    async def record_dead_letter(self, request_id, nickname, filename, content_type, data,
+                                 attempts, error):
+        """Keep an upload that ran out of attempts (bytes included, so it can be
+        re-queued) and end it ``failed``, marked dead-lettered.  Returns the upload."""
+        raise NotImplementedError
+
+    async def list_dead_letters(self, limit=100):
+        """Dead letters, newest first, without their bytes (``size`` instead)."""
+        raise NotImplementedError
+
+    async def get_dead_letter(self, request_id):
+        """A dead letter with its ``data``, or None."""
+        raise NotImplementedError
+
+    async def requeue_dead_letter(self, request_id):
+        """Forget the dead letter and put its upload back to ``queued`` with no
+        attempts counted (before the caller publishes it again)."""
         raise NotImplementedError
 
     async def event_done(self, key):

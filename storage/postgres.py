@@ -1,18 +1,21 @@
-"""PostgreSQL through psycopg2, with a thread-safe connection pool.
+"""PostgreSQL through psycopg2, with a small thread-safe connection pool.
 
 Every call runs on the storage thread pool, which is as large as the
-connection pool, so a thread never waits for a connection.  A connection that
-failed with a connection-level error is closed instead of returned, and the
-pool opens a fresh one on the next call.
+connection pool, so a thread never waits for a connection.  When a connection
+fails at the connection level (the server restarted or went away), it is
+closed together with every idle one, since they share its fate, and the call
+is tried once more on a fresh connection (``SQLStorage._run``).  While the
+server is down, calls fail fast with ``StorageError``: connecting is bounded
+by ``connect_timeout`` and statements by ``statement_timeout``.
 """
 
 import contextlib
 import logging
+import threading
 import urllib.parse
 
 import psycopg2
 import psycopg2.errors
-import psycopg2.pool
 
 from storage.sql import SQLStorage
 
@@ -20,6 +23,10 @@ log = logging.getLogger(__name__)
 
 # Any fixed number; all processes migrating the same database take this lock.
 MIGRATION_LOCK_ID = 72_430_001
+CONNECT_OPTIONS = {"connect_timeout": 5, "options": "-c statement_timeout=30000",
+                   "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                   "keepalives_count": 3}
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
 def _redact(url):
@@ -54,18 +61,54 @@ def create_database_if_missing(url):
     return True
 
 
+class ConnectionPool:
+    """Idle connections kept for reuse; new ones opened on demand."""
+
+    def __init__(self, url):
+        self.url = url
+        self._idle = []
+        self._lock = threading.Lock()
+
+    def get(self):
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return psycopg2.connect(self.url, **CONNECT_OPTIONS)
+
+    def put(self, conn):
+        if conn.closed:
+            return
+        with self._lock:
+            self._idle.append(conn)
+
+    def discard(self, conn):
+        """Close ``conn`` and every idle connection (the server they all talk to failed)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for each in [conn, *idle]:
+            try:
+                each.close()
+            except psycopg2.Error:
+                pass
+
+    def close(self):
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
 class PostgresStorage(SQLStorage):
     db_type = "postgres"
     column_types = {"id_column": "BIGSERIAL PRIMARY KEY",
                     "timestamp": "TIMESTAMPTZ", "blob": "BYTEA"}
-    driver_errors = (psycopg2.OperationalError, psycopg2.InterfaceError,
-                     psycopg2.pool.PoolError)
+    driver_errors = CONNECTION_ERRORS
+    reconnect_errors = CONNECTION_ERRORS
 
     def __init__(self, url, pool_size=8):
         super().__init__(pool_size)
         self.url = url
-        self._pool_size = pool_size
-        self._pool = None
+        self._pool = ConnectionPool(url)
 
     def describe(self):
         return "postgres at %s" % _redact(self.url)
@@ -74,32 +117,26 @@ class PostgresStorage(SQLStorage):
         await self._in_thread(create_database_if_missing, self.url)
         return await super().migrate()
 
-    def _get_pool(self):
-        if self._pool is None:
-            # psycopg2 keeps only ``minconn`` idle connections and closes the rest
-            # on return, so minconn = maxconn keeps every connection open for reuse.
-            self._pool = psycopg2.pool.ThreadedConnectionPool(
-                self._pool_size, self._pool_size, self.url, connect_timeout=5)
-        return self._pool
-
     @contextlib.contextmanager
     def _connection(self, write):
-        pool = self._get_pool()
-        conn = pool.getconn()
+        conn = self._pool.get()
         try:
             with conn:  # commits on success, rolls back on error
                 yield conn
-        except Exception as exc:
-            dead = conn.closed or isinstance(exc, (psycopg2.OperationalError,
-                                                   psycopg2.InterfaceError))
-            pool.putconn(conn, close=bool(dead))
+        except CONNECTION_ERRORS:
+            self._pool.discard(conn)
             raise
-        pool.putconn(conn)
+        except Exception:
+            if conn.closed:
+                self._pool.discard(conn)
+            else:
+                self._pool.put(conn)
+            raise
+        self._pool.put(conn)
 
     def _migration_lock(self, cursor):
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_ID,))
 
     async def close(self):
         await super().close()
-        if self._pool is not None:
-            self._pool.closeall()
+        self._pool.close()

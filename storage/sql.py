@@ -56,11 +56,28 @@ MIGRATIONS = [
         PRIMARY KEY (image_id, size)
     )
     """,
+    """
+    ALTER TABLE uploads ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE uploads ADD COLUMN dead_lettered INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE dead_letters (
+        request_id TEXT PRIMARY KEY,
+        nickname TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        data {blob} NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        created_at {timestamp} NOT NULL
+    )
+    """,
 ]
 
 IMAGE_COLUMNS = ("id, request_id, nickname, mime_type, size, width, height, sha256, created_at, "
                  "taken_at, camera")
-UPLOAD_COLUMNS = "request_id, nickname, status, image_id, duplicate, error, created_at, updated_at"
+UPLOAD_COLUMNS = ("request_id, nickname, status, image_id, duplicate, error, attempts, "
+                  "dead_lettered, created_at, updated_at")
+DEAD_LETTER_COLUMNS = ("request_id, nickname, filename, content_type, attempts, error, "
+                       "created_at")
 
 
 def utc_now():
@@ -80,6 +97,8 @@ class SQLStorage(Storage):
     driver_errors = ()
     # Exceptions among driver_errors that are the caller's fault; raised unchanged.
     passed_errors = ()
+    # Exceptions after which a call is tried once more on a fresh connection.
+    reconnect_errors = ()
 
     def __init__(self, threads):
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="storage")
@@ -107,14 +126,23 @@ class SQLStorage(Storage):
             raise StorageError("%s: %s" % (type(exc).__name__, str(exc).strip())) from exc
 
     async def _run(self, fn, *args, write=False):
-        """Run ``fn(cursor, *args)`` in one transaction on the thread pool."""
+        """Run ``fn(cursor, *args)`` in one transaction on the thread pool.
+
+        A connection that turns out dead (the server restarted since it was
+        opened) is replaced and the call made once more; every call here is
+        idempotent, so a second run after a lost commit answer is harmless."""
         def call():
-            with self._connection(write) as conn:
-                cursor = conn.cursor()
+            for attempt in (1, 2):
                 try:
-                    return fn(cursor, *args)
-                finally:
-                    cursor.close()
+                    with self._connection(write) as conn:
+                        cursor = conn.cursor()
+                        try:
+                            return fn(cursor, *args)
+                        finally:
+                            cursor.close()
+                except self.reconnect_errors:
+                    if attempt == 2:
+                        raise
         return await self._in_thread(call)
 
     def _execute(self, cursor, query, params=()):
@@ -131,8 +159,9 @@ class SQLStorage(Storage):
         for key in ("created_at", "updated_at"):
             if key in record:
                 record[key] = iso(record[key])
-        if "duplicate" in record:
-            record["duplicate"] = bool(record["duplicate"])
+        for key in ("duplicate", "dead_lettered"):
+            if key in record:
+                record[key] = bool(record[key])
         return record
 
     # -- schema -----------------------------------------------------------
@@ -158,12 +187,8 @@ class SQLStorage(Storage):
     # -- uploads ----------------------------------------------------------
 
     async def create_upload(self, request_id, nickname):
-        def insert(cursor):
-            now = utc_now()
-            self._execute(cursor, "INSERT INTO uploads (request_id, nickname, status, "
-                          "created_at, updated_at) VALUES (%s, %s, %s, %s, %s)",
-                          (request_id, nickname, QUEUED, now, now))
-        await self._run(insert, write=True)
+        await self._run(lambda cursor: self._ensure_upload(cursor, request_id, nickname,
+                                                           utc_now()), write=True)
 
     async def delete_upload(self, request_id):
         await self._run(lambda cursor: self._execute(
@@ -186,9 +211,9 @@ class SQLStorage(Storage):
         def update(cursor):
             now = utc_now()
             self._ensure_upload(cursor, request_id, nickname, now)
-            self._execute(cursor, "UPDATE uploads SET status = %s, updated_at = %s "
-                          "WHERE request_id = %s AND status = %s",
-                          (PROCESSING, now, request_id, QUEUED))
+            self._execute(cursor, "UPDATE uploads SET attempts = attempts + 1, updated_at = %s, "
+                          "status = CASE WHEN status = %s THEN %s ELSE status END "
+                          "WHERE request_id = %s", (now, QUEUED, PROCESSING, request_id))
             return self._get_upload(cursor, request_id)
         return await self._run(update, write=True)
 
@@ -256,6 +281,67 @@ class SQLStorage(Storage):
                                 "WHERE image_id = %s AND size = %s", (image_id, size)).fetchone()
             return None if row is None else (bytes(row[0]), row[1], row[2], row[3])
         return await self._run(select)
+
+    async def list_images(self, nickname=None, before_id=None, limit=24):
+        # Both filters ride the index images_nickname_id (nickname, id), or the primary key.
+        conditions, params = [], []
+        if nickname is not None:
+            conditions.append("nickname = %s")
+            params.append(nickname)
+        if before_id is not None:
+            conditions.append("id < %s")
+            params.append(before_id)
+        where = " WHERE " + " AND ".join(conditions) if conditions else ""
+        query = "SELECT %s FROM images%s ORDER BY id DESC LIMIT %%s" % (IMAGE_COLUMNS, where)
+
+        def select(cursor):
+            rows = self._execute(cursor, query, (*params, limit)).fetchall()
+            return [self._row(IMAGE_COLUMNS, row) for row in rows]
+        return await self._run(select)
+
+    # -- dead letters -------------------------------------------------------
+
+    async def record_dead_letter(self, request_id, nickname, filename, content_type, data,
+                                 attempts, error):
+        def record(cursor):
+            now = utc_now()
+            self._execute(cursor, "INSERT INTO dead_letters (request_id, nickname, filename, "
+                          "content_type, data, attempts, error, created_at) VALUES "
+                          "(%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_id) DO UPDATE "
+                          "SET attempts = excluded.attempts, error = excluded.error",
+                          (request_id, nickname, filename, content_type, data, attempts,
+                           error, now))
+            self._ensure_upload(cursor, request_id, nickname, now)
+            self._execute(cursor, "UPDATE uploads SET status = %s, error = %s, attempts = %s, "
+                          "dead_lettered = 1, updated_at = %s WHERE request_id = %s "
+                          "AND status <> %s", (FAILED, error, attempts, now, request_id, STORED))
+            return self._get_upload(cursor, request_id)
+        return await self._run(record, write=True)
+
+    async def list_dead_letters(self, limit=100):
+        def select(cursor):
+            rows = self._execute(cursor, "SELECT %s, LENGTH(data) FROM dead_letters ORDER BY "
+                                 "created_at DESC LIMIT %%s" % DEAD_LETTER_COLUMNS,
+                                 (limit,)).fetchall()
+            return [dict(self._row(DEAD_LETTER_COLUMNS, row[:-1]), size=row[-1]) for row in rows]
+        return await self._run(select)
+
+    async def get_dead_letter(self, request_id):
+        def select(cursor):
+            row = self._execute(cursor, "SELECT %s, data FROM dead_letters WHERE request_id = "
+                                "%%s" % DEAD_LETTER_COLUMNS, (request_id,)).fetchone()
+            if row is None:
+                return None
+            return dict(self._row(DEAD_LETTER_COLUMNS, row[:-1]), data=bytes(row[-1]))
+        return await self._run(select)
+
+    async def requeue_dead_letter(self, request_id):
+        def requeue(cursor):
+            self._execute(cursor, "DELETE FROM dead_letters WHERE request_id = %s", (request_id,))
+            self._execute(cursor, "UPDATE uploads SET status = %s, error = NULL, attempts = 0, "
+                          "dead_lettered = 0, updated_at = %s WHERE request_id = %s "
+                          "AND status <> %s", (QUEUED, utc_now(), request_id, STORED))
+        await self._run(requeue, write=True)
 
     # -- notifier bookkeeping ---------------------------------------------
 

@@ -31,6 +31,8 @@ PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:54
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = uuid.uuid4().hex[:8]
+# Short waits between attempts, so retry paths finish within a test.
+TEST_RETRY_DELAYS = (0.2, 0.5)
 _counter = itertools.count(1)
 
 # The stacks every route and consumer test runs on: (database, broker, cache).
@@ -98,13 +100,13 @@ def amqp_prefix():
     prefix = unique_name() + "."
     yield prefix
     from broker import Topology
-    topology = Topology(prefix)
     conn = amqp_connection()
     channel = conn.channel()
-    for queue, _exchange, _keys in topology.queues:
-        channel.queue_delete(queue)
-    for exchange in topology.exchanges:
-        channel.exchange_delete(exchange)
+    for topology in (Topology(prefix), Topology(prefix, TEST_RETRY_DELAYS)):
+        for spec in topology.queues:
+            channel.queue_delete(spec.name)
+        for exchange in topology.exchanges:
+            channel.exchange_delete(exchange)
     conn.close()
 
 
@@ -124,7 +126,8 @@ def redis_prefix():
 
 def make_config(request, tmp_path, database, broker, cache, **overrides):
     """A Config for the named backends, each in a namespace of this test's own."""
-    config = Config(port=0, image_workers=2, db_pool_size=4, shutdown_timeout=5)
+    config = Config(port=0, image_workers=2, db_pool_size=4, shutdown_timeout=5,
+                    retry_delays=TEST_RETRY_DELAYS, max_attempts=3)
     if database == "postgres":
         config.database_url = request.getfixturevalue("postgres_url")
     else:

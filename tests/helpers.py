@@ -72,3 +72,25 @@ async def eventually(check, timeout=10, interval=0.05):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met within %ss" % timeout)
         await asyncio.sleep(interval)
+
+
+class FaultyStorage:
+    """The real storage, except that ``method`` raises StorageError on the calls
+    whose numbers (1-based) are in ``failing`` (all calls when it is None)."""
+
+    def __init__(self, inner, method, failing=None):
+        self.inner, self.method, self.failing = inner, method, failing
+        self.calls = []  # monotonic times of each call of ``method``
+
+    def __getattr__(self, name):
+        attribute = getattr(self.inner, name)
+        if name != self.method:
+            return attribute
+
+        async def faulty(*args, **kwargs):
+            from storage import StorageError
+            self.calls.append(time.monotonic())
+            if self.failing is None or len(self.calls) in self.failing:
+                raise StorageError("the database went away (injected fault)")
+            return await attribute(*args, **kwargs)
+        return faulty

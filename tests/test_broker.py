@@ -241,14 +241,14 @@ async def test_memory_broker_round_robins_between_consumers():
 
 # -- RabbitMQ only -----------------------------------------------------------------
 
-def _redeclare(kind, name, durable):
+def _redeclare(kind, name, durable, arguments=None):
     conn = conftest.amqp_connection()
     try:
         channel = conn.channel()
         if kind == "exchange":
             channel.exchange_declare(name, "direct", durable=durable)
         else:
-            channel.queue_declare(name, durable=durable)
+            channel.queue_declare(name, durable=durable, arguments=arguments)
     finally:
         if conn.is_open:
             conn.close()
@@ -268,13 +268,13 @@ async def test_rabbitmq_topology_is_durable_and_messages_persistent(amqp_prefix)
     broker = RabbitMQBroker(Topology(amqp_prefix), conftest.AMQP_URL)
     topology = broker.topology
     async with running(broker):
-        declared = [("exchange", name) for name in topology.exchanges]
-        declared += [("queue", queue) for queue, _exchange, _keys in topology.queues]
-        for kind, name in declared:
+        declared = [("exchange", name, None) for name in topology.exchanges]
+        declared += [("queue", spec.name, spec.amqp_arguments) for spec in topology.queues]
+        for kind, name, arguments in declared:
             # Same arguments: accepted.  A different durability: refused, so it is durable.
-            await in_thread(_redeclare, kind, name, True)
+            await in_thread(_redeclare, kind, name, True, arguments)
             with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
-                await in_thread(_redeclare, kind, name, False)
+                await in_thread(_redeclare, kind, name, False, arguments)
             assert refused.value.reply_code == 406, (kind, name)  # PRECONDITION_FAILED
 
         await publish_upload(broker, b"keep me", "req-persistent", mandatory=True)

@@ -242,13 +242,13 @@ async def test_mark_failed_never_overrides_stored(storage):
 
 @pytest.mark.gen_test
 async def test_a_request_id_is_created_once(storage):
-    """The request id is unique; a duplicate is the caller's fault, so it is not
-    reported as an unavailable database (which callers answer with 503 / retry)."""
+    """The request id is unique: creating it again (a call retried after its answer
+    was lost) leaves the first row as it was."""
     await storage.create_upload("r-1", "alice")
-    with pytest.raises(Exception) as raised:
-        await storage.create_upload("r-1", "mallory")
-    assert not isinstance(raised.value, StorageError), raised.value
-    assert (await storage.get_upload("r-1"))["nickname"] == "alice"
+    await storage.mark_processing("r-1", "alice")
+    await storage.create_upload("r-1", "mallory")
+    upload = await storage.get_upload("r-1")
+    assert (upload["nickname"], upload["status"]) == ("alice", PROCESSING)
     assert await count(storage, "uploads") == 1
 
 
