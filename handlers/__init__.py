@@ -3,32 +3,56 @@
 Route lists are built per role: a process without the web role serves no HTTP.
 """
 
+import logging
 import os
+import secrets
 
 import tornado.web
 
 from handlers.base import NotFoundHandler
+from handlers.failed import FailedListHandler, RequeueHandler
 from handlers.health import HealthHandler, ReadyHandler
-from handlers.images import (ImageContentHandler, ImageHandler, ThumbnailHandler,
-                             UploadStatusHandler)
-from handlers.pages import IndexHandler
-from handlers.upload import UploadHandler
+from handlers.html import StaticHandler
+from handlers.images import (ImageContentHandler, ImageHandler, ImagesHandler,
+                             ThumbnailHandler, UploadStatusHandler)
+from handlers.pages import GalleryHandler, IndexHandler, PhotoHandler, UploadPageHandler
+from handlers.seed import DbTypeHandler, NicknameImagesHandler, SniffMimeHandler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+log = logging.getLogger(__name__)
 
 
 def web_routes(context):
     deps = {"context": context}
     return [
         (r"/", IndexHandler, deps),
-        (r"/api/images", UploadHandler, deps),
+        (r"/api/images", ImagesHandler, deps),
         (r"/api/uploads/([0-9a-zA-Z-]{1,64})", UploadStatusHandler, deps),
         (r"/api/images/([0-9]{1,18})", ImageHandler, deps),
         (r"/api/images/([0-9]{1,18})/content", ImageContentHandler, deps),
         (r"/api/images/([0-9]{1,18})/thumbnail", ThumbnailHandler, deps),
+        (r"/api/failed", FailedListHandler, deps),
+        (r"/api/failed/([0-9a-zA-Z-]{1,64})/requeue", RequeueHandler, deps),
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, deps),
+        # pages (the upload page is "/" above)
+        (r"/gallery", GalleryHandler, deps),
+        (r"/photos/([0-9]{1,18})", PhotoHandler, deps),
+        (r"/uploads/([0-9a-zA-Z-]{1,64})", UploadPageHandler, deps),
+        # the seed's routes (its POST / is IndexHandler's)
+        (r"/images/([^/]+)", NicknameImagesHandler, deps),
+        (r"/dbtype", DbTypeHandler, deps),
+        (r"/sniff-mime", SniffMimeHandler, deps),
     ]
+
+
+def cookie_secret(config):
+    """XSRF_SECRET, or a random secret for this process alone."""
+    if config.xsrf_secret:
+        return config.xsrf_secret
+    log.info("XSRF_SECRET is not set: using a random cookie secret for this process "
+             "(set XSRF_SECRET when several web processes serve one site)")
+    return secrets.token_hex(32)
 
 
 def make_app(context):
@@ -38,4 +62,9 @@ def make_app(context):
         default_handler_args={"context": context},
         template_path=os.path.join(ROOT, "templates"),
         static_path=os.path.join(ROOT, "static"),
+        static_handler_class=StaticHandler,
+        # Browser routes refuse a POST without the _xsrf token; the program
+        # routes (uploads, /sniff-mime, operator routes) override check_xsrf_cookie.
+        xsrf_cookies=True,
+        cookie_secret=cookie_secret(context.config),
     )

@@ -18,7 +18,16 @@ class ApiError(tornado.web.HTTPError):
         self.retry_after = retry_after
 
 
+# Pages load scripts and styles from static/ only: no inline script can run.
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
+               "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+               "frame-ancestors 'none'; form-action 'self'")
+
+
 class BaseHandler(tornado.web.RequestHandler):
+    # Sent with every answer; handlers of raw bytes send a stricter one.
+    content_security_policy = PAGE_POLICY
+
     def initialize(self, context):
         self.context = context
         self.config = context.config
@@ -33,6 +42,15 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def set_default_headers(self):
         self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Security-Policy", self.content_security_policy)
+
+    def check_xsrf_cookie(self):
+        # A method this handler does not serve is answered 405 (or the unknown
+        # path 404), not 403: there is nothing to protect.
+        method = self.request.method.lower()
+        if getattr(type(self), method, None) is getattr(tornado.web.RequestHandler, method, None):
+            return
+        super().check_xsrf_cookie()
 
     def write_json(self, value, status=200):
         self.set_status(status)
@@ -47,6 +65,15 @@ class BaseHandler(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
     def write_error(self, status_code, **kwargs):
+        status_code, error, detail = self.error_fields(status_code, kwargs)
+        self.clear_header("Content-Disposition")
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps({"error": error, "detail": detail}))
+
+    def error_fields(self, status_code, kwargs):
+        """``(status, error, detail)`` for the exception in ``write_error``'s kwargs
+        (setting ``Retry-After`` when it asks for one)."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, StorageError):
             status_code, error, detail = 503, "database unavailable", str(exc)
@@ -59,10 +86,7 @@ class BaseHandler(tornado.web.RequestHandler):
             error, detail = self._reason, exc.log_message
         else:
             error, detail = self._reason, None
-        self.clear_header("Content-Disposition")
-        self.set_status(status_code)
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps({"error": error, "detail": detail}))
+        return status_code, error, detail
 
 
 class NotFoundHandler(BaseHandler):

@@ -1,11 +1,20 @@
-"""Reading images: metadata, and the bytes (originals and thumbnails) through the cache."""
+"""Reading images: metadata, the newest-first listing, and the bytes (originals
+and thumbnails) through the cache."""
 
+import base64
 import hashlib
+import re
 
 from cache import CachedImage, content_key, thumbnail_key
 from handlers.base import ApiError, BaseHandler
+from handlers.upload import UploadHandler
 
 IMMUTABLE = "public, max-age=31536000, immutable"
+# Image bytes are never a document: no script, no plugin, no same-origin rights.
+BYTES_POLICY = "default-src 'none'; sandbox"
+DEFAULT_LIMIT, MAX_LIMIT = 24, 100
+CURSOR = re.compile(r"[A-Za-z0-9_-]{1,40}")
+CURSOR_TEXT = re.compile(r"before:([1-9][0-9]{0,17})")
 
 
 def image_json(image, thumbnail_sizes):
@@ -19,6 +28,76 @@ def image_json(image, thumbnail_sizes):
 
 def not_found(image_id):
     return ApiError(404, "unknown image", "no image has id %s" % image_id)
+
+
+async def cached_content(context, image_id):
+    """The CachedImage of an image's original bytes, from the cache or else the
+    database (then cached); None when there is no such image."""
+    key = content_key(image_id)
+    entry = await context.cache.get(key)
+    if entry is None:
+        found = await context.storage.get_image_content(image_id)
+        if found is None:
+            return None
+        data, mime_type, sha256 = found
+        entry = CachedImage(data, mime_type, '"%s"' % sha256)
+        await context.cache.set(key, entry)
+    return entry
+
+
+def encode_cursor(image_id):
+    """The opaque cursor for "images older than ``image_id``"."""
+    return base64.urlsafe_b64encode(b"before:%d" % image_id).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor):
+    """The id a cursor from ``encode_cursor`` stands for, or a 400."""
+    match = None
+    if CURSOR.fullmatch(cursor):
+        try:
+            text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+            match = CURSOR_TEXT.fullmatch(text)
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            pass
+    if match is None:
+        raise ApiError(400, "bad cursor", "cursor must be a next_cursor from an earlier answer")
+    return int(match.group(1))
+
+
+def parse_limit(value):
+    """``limit`` from a query: DEFAULT_LIMIT when absent, 1..MAX_LIMIT, else a 400."""
+    if value is None or value == "":
+        return DEFAULT_LIMIT
+    if not re.fullmatch(r"[0-9]{1,4}", value) or not 1 <= int(value) <= MAX_LIMIT:
+        raise ApiError(400, "bad limit", "limit must be a whole number from 1 to %d"
+                       % MAX_LIMIT)
+    return int(value)
+
+
+async def list_page(storage, nickname="", cursor="", limit=DEFAULT_LIMIT):
+    """``(images, next_cursor)``: one page, newest first, of ``nickname``'s images
+    (everyone's if empty) older than ``cursor``; ``next_cursor`` is None on the
+    last page.  Keyset pagination by id: no repeats or gaps while uploads arrive."""
+    before_id = decode_cursor(cursor) if cursor else None
+    images = await storage.list_images(nickname=nickname.strip() or None,
+                                       before_id=before_id, limit=limit + 1)
+    next_cursor = encode_cursor(images[limit - 1]["id"]) if len(images) > limit else None
+    return images[:limit], next_cursor
+
+
+class ImagesHandler(UploadHandler):
+    """``/api/images``: ``POST`` is the upload (UploadHandler); ``GET`` lists
+    ``{"images": [...], "next_cursor"}`` newest first, with ``nickname``,
+    ``limit`` (default 24, at most 100) and ``cursor`` from the query."""
+
+    async def get(self):
+        limit = parse_limit(self.get_query_argument("limit", None))
+        images, next_cursor = await list_page(
+            self.context.storage, self.get_query_argument("nickname", ""),
+            self.get_query_argument("cursor", ""), limit)
+        sizes = self.config.thumbnail_sizes
+        self.write_json({"images": [image_json(image, sizes) for image in images],
+                         "next_cursor": next_cursor})
 
 
 class UploadStatusHandler(BaseHandler):
@@ -46,6 +125,8 @@ class ImageHandler(BaseHandler):
 class ImmutableBytesHandler(BaseHandler):
     """Bytes that never change once stored: served from the cache when it has
     them, else loaded (``load``) and cached; ETag, 304 and a year of caching."""
+
+    content_security_policy = BYTES_POLICY
 
     async def serve(self, key, load):
         cache = self.context.cache

@@ -1,0 +1,373 @@
+// Photo App pages: uploads with progress bars and live statuses, grids that
+// show new photos without a reload.  Every page works without this file; it
+// only adds to them.  Data never goes into the page as HTML: text goes in with
+// textContent, addresses as attributes.
+(function () {
+  "use strict";
+
+  var STATUS_WORDS = {
+    uploading: "Uploading…",
+    queued: "Received; waiting to be processed.",
+    processing: "Being checked and stored…",
+    stored: "Stored.",
+    failed: "Could not be stored."
+  };
+  var POLL_FIRST = 300;     // ms before the first status poll
+  var POLL_MAX = 2000;      // ms between polls, at most
+  var GRID_EVERY = 4000;    // ms between grid refreshes while the page is seen
+  var GRID_HIDDEN = 20000;  // ... and while it is in a background tab
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) { node.className = className; }
+    if (text !== undefined && text !== null) { node.textContent = String(text); }
+    return node;
+  }
+
+  function humanSize(size) {
+    if (size < 1024) { return size + " bytes"; }
+    if (size < 1024 * 1024) { return oneDecimal(size / 1024) + " KiB"; }
+    return oneDecimal(size / (1024 * 1024)) + " MiB";
+  }
+
+  function oneDecimal(number) {
+    return number.toFixed(1).replace(/\.0$/, "");
+  }
+
+  function when(iso) {
+    var moment = new Date(iso);
+    if (isNaN(moment.getTime())) { return iso || ""; }
+    return moment.toISOString().slice(0, 19).replace("T", " ") + " UTC";
+  }
+
+  function parseJson(text) {
+    try { return JSON.parse(text); } catch (e) { return null; }
+  }
+
+  function getJson(url) {
+    return fetch(url, {headers: {Accept: "application/json"}, cache: "no-store",
+                       credentials: "same-origin"})
+      .then(function (response) {
+        if (!response.ok) { throw new Error("HTTP " + response.status); }
+        return response.json();
+      });
+  }
+
+  // -- the upload page ----------------------------------------------------------
+
+  function UploadForm(form) {
+    this.form = form;
+    this.input = form.querySelector("input[type=file]");
+    this.nickname = form.querySelector("input[name=nickname]");
+    this.list = document.getElementById("uploads");
+    this.dropZone = form.querySelector(".drop-zone");
+    this.chosen = form.querySelector(".chosen");
+    this.maxBytes = parseInt(form.getAttribute("data-max-bytes"), 10) || Infinity;
+    this.accepted = form.getAttribute("data-accepted") || "JPEG, PNG, GIF or WebP";
+
+    this.input.multiple = true;  // one file at a time without JavaScript
+    form.querySelector(".drop-hint").hidden = false;
+    this.dropZone.classList.add("enhanced");
+
+    var self = this;
+    this.input.addEventListener("change", function () { self.showChosen(); });
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      self.uploadChosen();
+    });
+    ["dragenter", "dragover"].forEach(function (name) {
+      self.dropZone.addEventListener(name, function (event) {
+        event.preventDefault();
+        self.dropZone.classList.add("dragging");
+      });
+    });
+    ["dragleave", "dragend", "drop"].forEach(function (name) {
+      self.dropZone.addEventListener(name, function () {
+        self.dropZone.classList.remove("dragging");
+      });
+    });
+    this.dropZone.addEventListener("drop", function (event) {
+      event.preventDefault();
+      if (!event.dataTransfer || !event.dataTransfer.files.length) { return; }
+      self.input.files = event.dataTransfer.files;
+      self.showChosen();
+      // Dropping is choosing and sending at once; the browser asks for a
+      // nickname first if there is none.
+      if (self.form.reportValidity()) { self.uploadChosen(); }
+    });
+  }
+
+  UploadForm.prototype.showChosen = function () {
+    var count = this.input.files.length;
+    this.chosen.hidden = count === 0;
+    this.chosen.textContent = count === 1 ? "1 file chosen" : count + " files chosen";
+  };
+
+  UploadForm.prototype.uploadChosen = function () {
+    var nickname = this.nickname.value.trim();
+    var files = Array.prototype.slice.call(this.input.files);
+    if (!nickname) {
+      this.nickname.setCustomValidity("Enter a nickname first.");
+      this.nickname.reportValidity();
+      this.nickname.setCustomValidity("");
+      return;
+    }
+    // The batch goes above earlier ones, in the order it was chosen.
+    var before = this.list.firstChild;
+    for (var i = 0; i < files.length; i++) { this.upload(files[i], nickname, before); }
+    this.input.value = "";
+    this.showChosen();
+  };
+
+  UploadForm.prototype.errorWords = function (status, body, file) {
+    var detail = body && body.detail ? String(body.detail) : "";
+    switch (status) {
+      case 400: return "Not accepted: " + (detail || "the request was incomplete") + ".";
+      case 413: return "Too large: this file is " + humanSize(file.size) + " and the limit is " +
+                       humanSize(this.maxBytes) + ".";
+      case 415: return "Not an image we accept: only " + this.accepted + " files can be uploaded.";
+      case 503: return "The service is busy and did not take this photo. Try again in a few seconds.";
+      default:
+        return "The upload failed (HTTP " + status + ")" + (detail ? ": " + detail : "") + ".";
+    }
+  };
+
+  UploadForm.prototype.upload = function (file, nickname, before) {
+    var self = this;
+    var item = new UploadItem(file, nickname);
+    this.list.insertBefore(item.node, before === undefined ? this.list.firstChild : before);
+    if (file.size > this.maxBytes) {
+      item.fail(this.errorWords(413, null, file));
+      return;
+    }
+    if (file.size === 0) {
+      item.fail("The file is empty.");
+      return;
+    }
+    var data = new FormData();
+    data.append("nickname", nickname);
+    data.append("image_data", file, file.name);
+    var xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/images");
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.upload.addEventListener("progress", function (event) {
+      if (event.lengthComputable && event.total > 0) {
+        item.progress(Math.floor(100 * event.loaded / event.total));
+      }
+    });
+    xhr.upload.addEventListener("load", function () { item.progress(100); });
+    xhr.addEventListener("load", function () {
+      var body = parseJson(xhr.responseText);
+      if (xhr.status === 202 && body && body.request_id) {
+        item.progress(100);
+        item.accepted(body);
+      } else {
+        item.fail(self.errorWords(xhr.status, body, file),
+                  xhr.status === 503 ? function () { self.retry(item, file, nickname); } : null);
+      }
+    });
+    xhr.addEventListener("error", function () {
+      item.fail("The connection broke before the server answered (the server may be " +
+                "unreachable, or the file too large).",
+                function () { self.retry(item, file, nickname); });
+    });
+    xhr.send(data);
+  };
+
+  UploadForm.prototype.retry = function (item, file, nickname) {
+    var next = item.node.nextSibling;  // the new attempt takes the old one's place
+    item.node.remove();
+    this.upload(file, nickname, next);
+  };
+
+  // One file's row: name, size, progress bar, request id, status.
+  function UploadItem(file, nickname) {
+    this.node = el("li", "upload");
+    this.preview = el("img", "preview");
+    this.preview.alt = "";
+    if (/^image\//.test(file.type)) {
+      var url = URL.createObjectURL(file), preview = this.preview;
+      preview.addEventListener("load", function () { URL.revokeObjectURL(url); });
+      preview.addEventListener("error", function () {
+        URL.revokeObjectURL(url);
+        preview.hidden = true;
+      });
+      preview.src = url;
+    } else {
+      this.preview.hidden = true;
+    }
+    var body = el("div", "upload-body");
+    var head = el("p", "upload-head");
+    head.appendChild(el("span", "file-name", file.name));
+    head.appendChild(el("span", "file-size", humanSize(file.size)));
+    head.appendChild(el("span", "file-who", "as " + nickname));
+    this.bar = el("progress", "bar");
+    this.bar.max = 100;
+    this.bar.value = 0;
+    this.percent = el("span", "percent", "0%");
+    var meter = el("p", "meter");
+    meter.appendChild(this.bar);
+    meter.appendChild(this.percent);
+    this.requestId = el("p", "request-id");
+    this.requestId.hidden = true;
+    this.state = el("p", "state");
+    this.badge = el("span", "badge");
+    this.words = el("span", "words");
+    this.state.appendChild(this.badge);
+    this.state.appendChild(this.words);
+    this.actions = el("p", "actions");
+    this.actions.hidden = true;
+    body.appendChild(head);
+    body.appendChild(meter);
+    body.appendChild(this.requestId);
+    body.appendChild(this.state);
+    body.appendChild(this.actions);
+    this.node.appendChild(this.preview);
+    this.node.appendChild(body);
+    this.show("uploading");
+  }
+
+  UploadItem.prototype.show = function (status, words) {
+    this.node.setAttribute("data-status", status);
+    this.badge.className = "badge status-" + status;
+    this.badge.textContent = status;
+    this.words.textContent = words || STATUS_WORDS[status] || "";
+  };
+
+  UploadItem.prototype.progress = function (percent) {
+    this.bar.value = percent;
+    this.percent.textContent = percent + "%";
+  };
+
+  UploadItem.prototype.fail = function (words, retry) {
+    this.node.classList.add("refused");
+    this.show("failed", words);
+    if (retry) {
+      var button = el("button", "retry", "Try again");
+      button.type = "button";
+      button.addEventListener("click", retry);
+      this.actions.appendChild(button);
+      this.actions.hidden = false;
+    }
+  };
+
+  UploadItem.prototype.accepted = function (answer) {
+    this.requestId.hidden = false;
+    this.requestId.textContent = "";
+    this.requestId.appendChild(document.createTextNode("Request "));
+    this.requestId.appendChild(el("code", null, answer.request_id));
+    this.show("queued");
+    this.poll(answer.status_url, POLL_FIRST, 0);
+  };
+
+  UploadItem.prototype.poll = function (url, delay, misses) {
+    var self = this;
+    setTimeout(function () {
+      getJson(url).then(function (upload) {
+        self.update(upload);
+        if (upload.status !== "stored" && upload.status !== "failed") {
+          self.poll(url, Math.min(delay * 1.5, POLL_MAX), 0);
+        }
+      }, function () {
+        if (misses < 30) {
+          self.poll(url, POLL_MAX, misses + 1);
+        } else {
+          self.words.textContent = "The status could not be read; reload the page to try again.";
+        }
+      });
+    }, delay);
+  };
+
+  UploadItem.prototype.update = function (upload) {
+    if (upload.status === "failed") {
+      this.node.classList.add("refused");
+      this.show("failed", "Could not be stored: " + (upload.error || "no reason was given") + ".");
+      return;
+    }
+    if (upload.status !== "stored") {
+      this.show(upload.status);
+      return;
+    }
+    this.show("stored", upload.duplicate ? "Stored before: the same photo was already uploaded."
+                                         : STATUS_WORDS.stored);
+    var link = el("a", "view", "View photo");
+    link.href = "/photos/" + encodeURIComponent(upload.image_id);
+    this.actions.textContent = "";
+    this.actions.appendChild(link);
+    this.actions.hidden = false;
+    document.dispatchEvent(new CustomEvent("photo-stored"));
+  };
+
+  // -- grids that stay current --------------------------------------------------
+
+  function LiveGrid(grid) {
+    this.grid = grid;
+    this.limit = parseInt(grid.getAttribute("data-limit"), 10) || 24;
+    this.nickname = grid.getAttribute("data-nickname") || "";
+    this.trim = grid.getAttribute("data-trim") === "yes";
+    this.size = grid.getAttribute("data-thumbnail-size");
+    this.empty = grid.parentNode.querySelector(".empty");
+    this.timer = null;
+    var self = this;
+    document.addEventListener("photo-stored", function () { self.refresh(); });
+    this.schedule();
+  }
+
+  LiveGrid.prototype.schedule = function () {
+    var self = this;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(function () { self.refresh(); },
+                            document.hidden ? GRID_HIDDEN : GRID_EVERY);
+  };
+
+  LiveGrid.prototype.newestId = function () {
+    var first = this.grid.querySelector(".tile");
+    return first ? parseInt(first.getAttribute("data-id"), 10) : 0;
+  };
+
+  LiveGrid.prototype.refresh = function () {
+    var self = this;
+    var url = "/api/images?limit=" + this.limit +
+              (this.nickname ? "&nickname=" + encodeURIComponent(this.nickname) : "");
+    getJson(url).then(function (page) {
+      var newest = self.newestId();
+      var fresh = page.images.filter(function (image) { return image.id > newest; });
+      for (var i = fresh.length - 1; i >= 0; i--) {
+        self.grid.insertBefore(self.tile(fresh[i]), self.grid.firstChild);
+      }
+      while (self.trim && self.grid.children.length > self.limit) {
+        self.grid.removeChild(self.grid.lastElementChild);
+      }
+      if (self.empty) { self.empty.hidden = self.grid.children.length > 0; }
+    }).catch(function () { /* try again at the next tick */ })
+      .then(function () { self.schedule(); });
+  };
+
+  LiveGrid.prototype.tile = function (image) {
+    var item = el("li", "tile fresh");
+    item.setAttribute("data-id", String(image.id));
+    var link = el("a");
+    link.href = "/photos/" + encodeURIComponent(image.id);
+    var img = el("img");
+    img.src = (image.thumbnails && image.thumbnails[this.size]) ||
+              "/api/images/" + encodeURIComponent(image.id) + "/thumbnail";
+    img.alt = "Photo " + image.id + " by " + image.nickname;
+    img.loading = "lazy";
+    var caption = el("span", "caption");
+    caption.appendChild(el("span", "who", image.nickname));
+    var time = el("time", null, when(image.created_at));
+    time.dateTime = image.created_at;
+    caption.appendChild(time);
+    link.appendChild(img);
+    link.appendChild(caption);
+    item.appendChild(link);
+    return item;
+  };
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var form = document.getElementById("upload-form");
+    if (form) { new UploadForm(form); }
+    var grids = document.querySelectorAll("[data-live-grid]");
+    for (var i = 0; i < grids.length; i++) { new LiveGrid(grids[i]); }
+  });
+}());

@@ -1,0 +1,261 @@
+"""The pages in a real browser: headless Chromium (Debian's /usr/bin/chromium) driven
+by Playwright, against the app started as a real process on its embedded defaults.
+
+Skipped with the reason when Chromium or Playwright is missing (failed instead
+under REQUIRE_SERVICES=1).  Set BROWSER_SCREENSHOTS to a directory to keep the
+screenshots the tests take (default: the test's tmp_path).
+"""
+
+import base64
+import io
+import os
+import re
+
+import pytest
+from PIL import Image
+
+from tests.conftest import free_port, require
+from tests.test_processes import WEB_READY, process_env, spawn  # noqa: F401 (fixture)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+EVIL = "<script>alert(1)</script>"
+TIMEOUT = 20_000  # ms, for anything that waits on the processor
+
+
+def _check_browser():
+    if not os.path.exists(CHROMIUM):
+        raise FileNotFoundError("%s is missing (apt-get install -y chromium)" % CHROMIUM)
+    import playwright.sync_api  # noqa: F401  (pip install playwright)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require("Chromium with Playwright", _check_browser)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def server(spawn, tmp_path):  # noqa: F811 (the imported fixture)
+    """``start(**settings)``: the app as a process on a free port; returns its base URL."""
+    def start(**settings):
+        port = free_port()
+        spawn("server", ["server.py", "--port", str(port)],
+              process_env(SQLITE_DB_PATH=tmp_path / "photos.db", **settings), ready=WEB_READY)
+        return "http://127.0.0.1:%d" % port
+    return start
+
+
+class Watched:
+    """A page, with the dialogs it opened and the console errors it logged
+    (a Content-Security-Policy refusal is one)."""
+
+    def __init__(self, context):
+        self.context = context
+        self.dialogs, self.errors = [], []
+        self.page = self.new_page()
+
+    def new_page(self):
+        page = self.context.new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
+        page.on("console", lambda message: message.type == "error"
+                and self.errors.append(message.text))
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        return page
+
+
+@pytest.fixture
+def watched(browser):
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    watched = Watched(context)
+    yield watched
+    context.close()
+
+
+@pytest.fixture
+def screenshots(tmp_path):
+    directory = os.environ.get("BROWSER_SCREENSHOTS") or str(tmp_path)
+    os.makedirs(directory, exist_ok=True)
+    return lambda name: os.path.join(directory, name)
+
+
+def photo_file(directory, name, fmt, size, seed):
+    """A photo-like file (noise, so it does not compress to nothing)."""
+    noise = Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))
+    tint = Image.new("RGB", size, (seed * 70 % 256, 120, 200 - seed * 50 % 200))
+    buffer = io.BytesIO()
+    Image.blend(noise, tint, 0.75).save(buffer, fmt, quality=90)
+    path = directory / name
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def expect():
+    from playwright.sync_api import expect as playwright_expect
+    return playwright_expect
+
+
+def test_two_photos_upload_with_progress_then_show_in_the_gallery_and_detail(
+        server, watched, tmp_path, screenshots):
+    base = server()
+    page = watched.page
+    gallery = watched.new_page()  # open before the uploads: it must update by itself
+    gallery.goto(base + "/gallery")
+    expect()(gallery.locator(".grid .tile")).to_have_count(0)
+
+    page.goto(base + "/")
+    first = photo_file(tmp_path, "sunset.jpg", "JPEG", (900, 700), 1)
+    second = photo_file(tmp_path, "harbour.png", "PNG", (420, 300), 2)
+    page.fill("#nickname", "alice")
+    page.set_input_files("#image_data", [str(first), str(second)])
+    expect()(page.locator(".chosen")).to_have_text("2 files chosen")
+    page.click("button[type=submit]")
+
+    items = page.locator("#uploads .upload")
+    expect()(items).to_have_count(2)
+    for index in range(2):
+        item = items.nth(index)
+        expect()(item.locator("progress")).to_have_js_property("value", 100)
+        expect()(item.locator(".percent")).to_have_text("100%")
+        expect()(item.locator(".badge")).to_have_text("stored", timeout=TIMEOUT)
+        expect()(item.locator(".request-id code")).to_have_text(re.compile(r"^[0-9a-f]{32}$"))
+        expect()(item.locator("a.view")).to_have_attribute("href", re.compile(r"^/photos/\d+$"))
+    assert items.locator(".file-name").all_inner_texts() == ["sunset.jpg", "harbour.png"]
+    assert page.url == base + "/"  # never left the page
+    # The recent grid on the same page picks them up too.
+    expect()(page.locator(".recent .tile")).to_have_count(2, timeout=TIMEOUT)
+    page.wait_for_function("() => [...document.querySelectorAll('.recent img')]"
+                           ".every(img => img.complete && img.naturalWidth > 0)")
+    page.screenshot(path=screenshots("upload-page.png"), full_page=True)
+
+    # The gallery opened before the uploads shows them without a reload.
+    expect()(gallery.locator(".grid .tile")).to_have_count(2, timeout=TIMEOUT)
+    expect()(gallery.locator(".grid .tile .who")).to_have_text(["alice", "alice"])
+    gallery.goto(base + "/gallery")
+    tiles = gallery.locator(".grid .tile")
+    expect()(tiles).to_have_count(2)
+    gallery.wait_for_function("() => [...document.querySelectorAll('.grid img')]"
+                              ".every(img => img.complete && img.naturalWidth > 0)")
+    gallery.screenshot(path=screenshots("gallery.png"), full_page=True)
+    newest = int(tiles.first.get_attribute("data-id"))
+    tiles.first.locator("a").click()
+
+    gallery.wait_for_url(base + "/photos/%d" % newest)
+    expect()(gallery.locator("dd.nickname")).to_have_text("alice")
+    expect()(gallery.locator("dd.type")).to_have_text(re.compile(r"^image/(png|jpeg)$"))
+    expect()(gallery.locator("dd.dimensions")).to_have_text(re.compile(r"^\d+ × \d+ pixels$"))
+    expect()(gallery.locator("dd.size")).to_contain_text("bytes")
+    expect()(gallery.locator("dd.uploaded")).to_contain_text("UTC")
+    expect()(gallery.locator("a.full")).to_have_attribute("href",
+                                                          "/api/images/%d/content" % newest)
+    gallery.wait_for_function("() => document.querySelector('.full img').naturalWidth > 0")
+    gallery.screenshot(path=screenshots("photo.png"), full_page=True)
+    assert watched.dialogs == [] and watched.errors == []
+
+
+def test_a_text_file_named_jpg_is_refused_next_to_it_and_a_large_one_too(
+        server, watched, tmp_path):
+    base = server(MAX_UPLOAD_BYTES=200_000)
+    page = watched.page
+    page.goto(base + "/")
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("these are my holiday notes, not a photo\n")
+    big = photo_file(tmp_path, "huge.png", "PNG", (400, 400), 3)  # ~480 kB of noise
+    assert big.stat().st_size > 200_000
+    good = photo_file(tmp_path, "fine.jpg", "JPEG", (200, 150), 4)
+    page.fill("#nickname", "bob")
+    page.set_input_files("#image_data", [str(fake), str(big), str(good)])
+    page.click("button[type=submit]")
+
+    items = page.locator("#uploads .upload")
+    expect()(items).to_have_count(3)
+    refused = items.filter(has_text="holiday.jpg")
+    expect()(refused.locator(".badge")).to_have_text("failed")
+    expect()(refused.locator(".words")).to_have_text(re.compile(
+        r"^Not an image we accept: only JPEG, PNG, .* files can be uploaded\.$"))
+    large = items.filter(has_text="huge.png")
+    expect()(large.locator(".badge")).to_have_text("failed")
+    expect()(large.locator(".words")).to_contain_text("Too large")
+    expect()(items.filter(has_text="fine.jpg").locator(".badge")).to_have_text("stored")
+    assert page.url == base + "/"
+    assert "{" not in page.locator("#uploads").inner_text()  # words, never raw JSON
+    assert watched.dialogs == []
+
+
+def test_a_nickname_with_markup_is_shown_as_text_and_runs_nothing(server, watched, tmp_path,
+                                                                  screenshots):
+    base = server()
+    page = watched.page
+    page.goto(base + "/")
+    page.fill("#nickname", EVIL)
+    filename = "<img src=x onerror=alert(2)>.png"
+    page.set_input_files("#image_data", str(photo_file(tmp_path, filename, "PNG",
+                                                       (120, 90), 5)))
+    page.click("button[type=submit]")
+    item = page.locator("#uploads .upload")
+    expect()(item.locator(".badge")).to_have_text("stored", timeout=TIMEOUT)
+    expect()(item.locator(".file-who")).to_have_text("as " + EVIL)
+    expect()(item.locator(".file-name")).to_have_text(filename)
+    expect()(page.locator(".recent .tile .who")).to_have_text([EVIL], timeout=TIMEOUT)
+
+    for path in ("/gallery", "/gallery?nickname=%3Cscript%3Ealert(1)%3C%2Fscript%3E"):
+        page.goto(base + path)
+        expect()(page.locator(".grid .tile .who")).to_have_text([EVIL])
+        assert page.locator("script").count() == 1  # only static/app.js
+    page.locator(".grid .tile a").first.click()
+    expect()(page.locator("dd.nickname")).to_have_text(EVIL)
+    page.screenshot(path=screenshots("markup-nickname.png"), full_page=True)
+    assert watched.dialogs == [], watched.dialogs
+    assert page.evaluate("() => document.querySelectorAll('script:not([src])').length") == 0
+
+
+def test_dropping_a_photo_uploads_it(server, watched, tmp_path):
+    base = server()
+    page = watched.page
+    page.goto(base + "/")
+    page.fill("#nickname", "dora")
+    data = base64.b64encode(photo_file(tmp_path, "dropped.png", "PNG", (80, 60), 6)
+                            .read_bytes()).decode()
+    transfer = page.evaluate_handle("""(data) => {
+        const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+        return transfer;
+    }""", data)
+    page.dispatch_event("#drop-zone", "dragover", {"dataTransfer": transfer})
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    item = page.locator("#uploads .upload")
+    expect()(item.locator(".file-name")).to_have_text("dropped.png")
+    expect()(item.locator(".badge")).to_have_text("stored", timeout=TIMEOUT)
+
+
+def test_without_javascript_the_form_posts_and_pages_still_work(server, browser, tmp_path):
+    base = server()
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.goto(base + "/")
+        page.fill("#nickname", "nojs")
+        page.set_input_files("#image_data", str(photo_file(tmp_path, "plain.jpg", "JPEG",
+                                                           (160, 120), 7)))
+        page.click("button[type=submit]")
+        expect()(page.locator("h1")).to_have_text("Upload received")
+        expect()(page.locator(".message")).to_have_text(re.compile(
+            r"^Request [0-9a-f]{32} received\. Image 'nojs' is being processed\.$"))
+        page.click("text=Follow its status")
+        # The status page refreshes itself (a meta refresh, no script) until stored.
+        expect()(page.locator("h1 .status")).to_have_text("stored", timeout=TIMEOUT)
+        page.click("text=See the photo")
+        expect()(page.locator("dd.nickname")).to_have_text("nojs")
+        page.goto(base + "/gallery?nickname=nojs")
+        expect()(page.locator(".grid .tile")).to_have_count(1)
+    finally:
+        context.close()
