@@ -27,7 +27,7 @@ from broker.messages import ATTEMPTS_HEADER, ERROR_HEADER, InvalidUpload, Upload
 from consumers.base import Consumer
 from imaging import InvalidImage
 from imaging.process import ImagingSettings, process
-from storage import STORED, NewImage
+from storage import REFUSED, STORED, NewImage
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class Processor(Consumer):
             return
 
         current = await storage.mark_processing(upload.request_id, upload.nickname)
+        if current["status"] == REFUSED:
+            log.info("upload %s was refused at upload (503), dropped", upload.request_id)
+            return
         if current["attempts"] > self.context.config.max_attempts and current["status"] != STORED:
             await self.dead_letter(message, current["attempts"] - 1, "delivered %d times without "
                                    "finishing (did the processor crash on it?)"

@@ -4,8 +4,9 @@ The body is streamed in (``stream_request_body``) so the size limit is judged
 from ``Content-Length`` before anything is buffered, and a body that grows past
 it is cut off.  The upload is answered ``202`` only after the broker confirmed
 the message; when it cannot (no connection, nack, return, timeout) the answer is
-``503`` with ``Retry-After`` and the queued status row is removed again, so an
-upload is either safely in the broker or refused, never both.
+``503`` with ``Retry-After`` and the upload's row is marked ``refused``, which
+tells the processor to drop the message should it arrive after all (a confirm
+that timed out); an upload is either safely in the broker or refused, never both.
 """
 
 import logging
@@ -107,9 +108,13 @@ class UploadHandler(BaseHandler):
             await broker.publish(broker.topology.upload_exchange, UPLOAD_ROUTING_KEY,
                                  mandatory=True, **upload.publish_args())
         except BrokerUnavailable as exc:
-            log.warning("upload %s refused: %s", upload.request_id, exc)
-            await self.context.storage.delete_upload(upload.request_id)
-            raise self.unavailable(str(exc)) from None
+            # The broker may still hold it (a confirm that timed out): the row
+            # decides.  Marked refused, the processor will drop it; already taken
+            # by the processor, it is in the broker after all, and accepted.
+            if await self.context.storage.refuse_upload(upload.request_id, str(exc)):
+                log.warning("upload %s refused: %s", upload.request_id, exc)
+                raise self.unavailable(str(exc)) from None
+            log.warning("upload %s: %s, but the processor already has it", upload.request_id, exc)
         log.info("upload %s accepted: %s, %d bytes, nickname %r", upload.request_id,
                  upload.mime_type, len(upload.data), upload.nickname)
 

@@ -12,6 +12,9 @@ upload store once.
 from dataclasses import dataclass, field
 
 QUEUED, PROCESSING, STORED, FAILED = "queued", "processing", "stored", "failed"
+# An upload answered 503: the broker did not confirm it.  Should the message
+# reach the processor anyway, it is dropped, since its client was told to retry.
+REFUSED = "refused"
 
 
 class StorageError(Exception):
@@ -59,8 +62,9 @@ class Storage:
         (idempotent: a retried call after a lost answer finds its own row)."""
         raise NotImplementedError
 
-    async def delete_upload(self, request_id):
-        """Forget a ``queued`` upload the broker refused (it was never accepted)."""
+    async def refuse_upload(self, request_id, reason):
+        """``queued`` -> ``refused`` (the broker did not confirm it); True if so,
+        False when the processor had already taken it (it is in the broker)."""
         raise NotImplementedError
 
     async def get_upload(self, request_id):

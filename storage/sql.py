@@ -9,7 +9,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-from storage import FAILED, PROCESSING, QUEUED, STORED, Storage, StorageError
+from storage import FAILED, PROCESSING, QUEUED, REFUSED, STORED, Storage, StorageError
 
 # Each entry is one schema version; never edit one that has shipped, append.
 MIGRATIONS = [
@@ -190,10 +190,11 @@ class SQLStorage(Storage):
         await self._run(lambda cursor: self._ensure_upload(cursor, request_id, nickname,
                                                            utc_now()), write=True)
 
-    async def delete_upload(self, request_id):
-        await self._run(lambda cursor: self._execute(
-            cursor, "DELETE FROM uploads WHERE request_id = %s AND status = %s",
-            (request_id, QUEUED)), write=True)
+    async def refuse_upload(self, request_id, reason):
+        return await self._run(lambda cursor: self._execute(
+            cursor, "UPDATE uploads SET status = %s, error = %s, updated_at = %s "
+            "WHERE request_id = %s AND status = %s",
+            (REFUSED, reason, utc_now(), request_id, QUEUED)).rowcount == 1, write=True)
 
     async def get_upload(self, request_id):
         return await self._run(self._get_upload, request_id)

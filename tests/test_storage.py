@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from tests.conftest import ROOT, free_port
-from storage import FAILED, PROCESSING, QUEUED, STORED, NewImage, StorageError
+from storage import FAILED, PROCESSING, QUEUED, REFUSED, STORED, NewImage, StorageError
 from storage.postgres import PostgresStorage
 from storage.sql import MIGRATIONS
 from storage.sqlite import SQLiteStorage
@@ -253,14 +253,18 @@ async def test_a_request_id_is_created_once(storage):
 
 
 @pytest.mark.gen_test
-async def test_delete_upload_forgets_only_a_queued_upload(storage):
-    """The web tier deletes an upload the broker refused; nothing further along."""
+async def test_refuse_upload_marks_only_a_queued_upload(storage):
+    """The web tier refuses an upload the broker did not confirm, unless the
+    processor has it already (then the broker had it after all)."""
     await storage.create_upload("queued", "alice")
     await storage.mark_processing("processing", "alice")
     await storage.store_image("stored", new_image())
-    for request_id in ("queued", "processing", "stored"):
-        await storage.delete_upload(request_id)
-    assert await storage.get_upload("queued") is None
+    assert await storage.refuse_upload("queued", "no confirm") is True
+    assert await storage.refuse_upload("processing", "no confirm") is False
+    assert await storage.refuse_upload("stored", "no confirm") is False
+    refused = await storage.get_upload("queued")
+    assert (refused["status"], refused["error"]) == (REFUSED, "no confirm")
+    assert (await storage.mark_processing("queued", "alice"))["status"] == REFUSED
     assert (await storage.get_upload("processing"))["status"] == PROCESSING
     assert (await storage.get_upload("stored"))["status"] == STORED
 
