@@ -188,3 +188,25 @@ def context(io_loop, config):
 @pytest.fixture
 def app(context):
     return make_app(context)
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """``spawn(name, args, env, ready=(...))`` starts an app process (tests/processes.py)
+    and waits until its log shows every text of ``ready``; ends them all at teardown.
+
+    Tests list it after the service fixtures (postgres_url, amqp_prefix ...), so its
+    processes are gone before their database, queues and keys are removed."""
+    from tests.processes import READY_TIMEOUT, Proc
+    started = []
+
+    def start(name, args, env, ready=(), timeout=READY_TIMEOUT):
+        proc = Proc(name, list(args), env, tmp_path)
+        started.append(proc)
+        if ready:
+            proc.wait_for_log(*ready, timeout=timeout)
+        return proc
+
+    yield start
+    for proc in reversed(started):
+        proc.end()

@@ -1,12 +1,18 @@
-"""Small things many tests need: images made on the spot, multipart bodies, polling."""
+"""Small things many tests need: images made on the spot, multipart bodies, polling,
+images put straight into storage, and injected storage faults."""
 
 import asyncio
+import hashlib
 import io
 import json
+import struct
 import time
 import uuid
+import zlib
 
 from PIL import Image
+
+from storage import NewImage, StorageError
 
 
 def make_image(fmt="PNG", size=(64, 48), color=(200, 30, 30)):
@@ -88,9 +94,32 @@ class FaultyStorage:
             return attribute
 
         async def faulty(*args, **kwargs):
-            from storage import StorageError
             self.calls.append(time.monotonic())
             if self.failing is None or len(self.calls) in self.failing:
                 raise StorageError("the database went away (injected fault)")
             return await attribute(*args, **kwargs)
         return faulty
+
+
+# -- images put straight into storage (no broker, no processor), for tests about
+# reading and listing them, where many images are needed quickly ----------------
+
+async def store_images(storage, nickname, count=1, size=(8, 6)):
+    """Store ``count`` distinct small PNGs under ``nickname``; return their ids, oldest first."""
+    ids = []
+    for _ in range(count):
+        seed = uuid.uuid4().bytes
+        data = make_image("PNG", size=size, color=tuple(seed[:3]))
+        # Two images of one nickname must differ in bytes (the duplicate rule):
+        # colours can repeat, so a text chunk with the seed makes them unique.
+        data = data[:-12] + _png_chunk(b"tEXt", b"seed\x00" + seed.hex().encode()) + data[-12:]
+        image = NewImage(nickname, "image/png", data, size[0], size[1],
+                         hashlib.sha256(data).hexdigest())
+        stored = await storage.store_image(uuid.uuid4().hex, image)
+        ids.append(stored["id"])
+    return ids
+
+
+def _png_chunk(kind, payload):
+    return (struct.pack(">I", len(payload)) + kind + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import free_port, require
-from tests.test_processes import WEB_READY, process_env, spawn  # noqa: F401 (fixture)
+from tests.processes import WEB_READY, process_env
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu",

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from storage import NewImage
-from tests.conftest import AMQP_URL, amqp_connection, free_port, make_config, start_context
+from tests.conftest import amqp_connection, free_port, make_config, start_context
 from context import close_context
 from handlers import make_app
 from server import start_consumers

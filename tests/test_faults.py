@@ -26,8 +26,8 @@ import redis
 
 from tests.conftest import AMQP_URL, REDIS_URL, free_port, require
 from tests.helpers import make_image, multipart
-from tests.test_processes import (RABBIT_READY, WEB_READY, fetch, process_env, spawn,  # noqa
-                                  upload, upload_status, wait_all_stored, wait_until)
+from tests.processes import (RABBIT_READY, WEB_READY, fetch, process_env, upload,
+                             upload_status, wait_all_stored, wait_until)
 
 PG_VERSION = sorted(os.listdir("/etc/postgresql"))[0] if os.path.isdir("/etc/postgresql") else ""
 SERVICES = {

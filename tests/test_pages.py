@@ -18,8 +18,8 @@ from tornado.escape import xhtml_escape
 from handlers import make_app
 from handlers.base import PAGE_POLICY
 from handlers.pages import PageHandler
-from tests.helpers import eventually, make_image, multipart, post_upload, wait_for_upload
-from tests.stored import store_images
+from tests.helpers import (eventually, make_image, multipart, post_upload, store_images,
+                           wait_for_upload)
 
 EVIL = "<script>alert(1)</script>"
 BYTES_POLICY = "default-src 'none'; sandbox"

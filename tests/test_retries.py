@@ -9,7 +9,7 @@ import pytest
 
 from broker import Topology
 from tests import conftest
-from tests.helpers import FaultyStorage, eventually, make_image, post_upload, wait_for_upload
+from tests.helpers import FaultyStorage, make_image, post_upload, wait_for_upload
 
 TOKEN = "s3cret-operator-token"
 AUTH = {"Authorization": "Bearer " + TOKEN}

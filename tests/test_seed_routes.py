@@ -12,8 +12,8 @@ from broker import BrokerUnavailable
 from cache import content_key
 from handlers.images import encode_cursor
 from tests.conftest import STACKS
-from tests.helpers import make_image, multipart, post_upload, wait_for_upload
-from tests.stored import store_images
+from tests.helpers import (make_image, multipart, post_upload, store_images,
+                           wait_for_upload)
 
 SENTENCE = "Request {} received. Image '{}' is being processed."
 

@@ -1,0 +1,181 @@
+"""Running the app as OS processes in tests, and talking to it with the
+standard library only.
+
+``Proc`` is one process (``python server.py ...`` or ``python -m consumers.X``)
+whose log goes to a file; the ``spawn`` fixture (tests/conftest.py) starts them
+and ends them at teardown.
+"""
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from config import _SETTINGS
+from tests.helpers import multipart
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+READY_TIMEOUT = 20   # seconds a process gets to say it is ready
+STOP_TIMEOUT = 10    # seconds a process gets to exit after a signal
+
+# Every environment variable config.py (or server.py) reads: removed from the
+# inherited environment, so each process sees only the settings its test gives.
+CONFIG_ENV = {
+    "DATABASE_URL", "DB_TYPE", "SQLITE_DB_PATH", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD",
+    "PGDATABASE", "AMQP_URL", "RABBITMQ_HOST", "RABBITMQ_PORT", "RABBITMQ_USER",
+    "RABBITMQ_PASSWORD", "REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "CACHE", "ROLE",
+    "LOG_LEVEL",
+} | {name for _flag, name, _attr, _kind, _help in _SETTINGS if name}
+
+WEB_READY = ("web: listening on",)
+RABBIT_READY = ("rabbitmq connected",)
+
+
+def process_env(**settings):
+    """os.environ without any app setting, plus ``settings`` (values made str)."""
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
+    env.update(PYTHONUNBUFFERED="1", LOG_LEVEL="INFO")
+    env.update({k: str(v) for k, v in settings.items()})
+    return env
+
+
+class Proc:
+    """One app process; its stderr (the log) and stdout go to files."""
+
+    def __init__(self, name, args, env, directory):
+        self.name = name
+        self.args = args
+        self.stderr_path = directory / ("%s.stderr" % name)
+        self.stdout_path = directory / ("%s.stdout" % name)
+        with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
+            self.popen = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def log(self):
+        return self.stderr_path.read_text(errors="replace")
+
+    def describe(self):
+        return "%s (%s), exit code %s; its log:\n%s" % (
+            self.name, " ".join(self.args), self.popen.poll(), self.log()[-6000:])
+
+    def wait_for_log(self, *texts, timeout=READY_TIMEOUT):
+        """Wait until every one of ``texts`` is in the log; fail if the process exits first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if all(text in log for text in texts):
+                return log
+            if self.popen.poll() is not None:
+                raise AssertionError("%s exited before logging %r: %s"
+                                     % (self.name, texts, self.describe()))
+            if time.monotonic() > deadline:
+                raise AssertionError("%s did not log %r within %ss: %s"
+                                     % (self.name, texts, timeout, self.describe()))
+            time.sleep(0.05)
+
+    def wait(self, timeout=STOP_TIMEOUT):
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("%s still running after %ss: %s"
+                                 % (self.name, timeout, self.describe())) from None
+
+    def stop(self, signum=signal.SIGTERM, timeout=STOP_TIMEOUT):
+        """Send ``signum`` and return the exit code."""
+        self.popen.send_signal(signum)
+        return self.wait(timeout)
+
+    def end(self):
+        """Teardown: make sure the process is gone, whatever state it is in."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+def wait_until(check, timeout, message, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("%s (not within %ss)" % (message() if callable(message)
+                                                          else message, timeout))
+        time.sleep(interval)
+
+
+# -- HTTP, with the standard library only -----------------------------------------
+
+def fetch(port, method, path, body=None, headers=None, timeout=10):
+    """``(status, headers, body)``; goes straight to 127.0.0.1 (no proxy)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def upload(port, data, nickname="alice", filename="photo.png"):
+    content_type, body = multipart({"nickname": nickname}, {"image_data": (filename, data)})
+    status, _headers, body = fetch(port, "POST", "/api/images", body,
+                                  {"Content-Type": content_type})
+    return status, (json.loads(body) if body else None)
+
+
+def upload_status(port, request_id):
+    status, _headers, body = fetch(port, "GET", "/api/uploads/%s" % request_id)
+    return json.loads(body) if status == 200 else None
+
+
+def wait_stored(port, request_id, timeout=20):
+    def finished():
+        status = upload_status(port, request_id)
+        return status if status and status["status"] in ("stored", "failed") else None
+    final = wait_until(finished, timeout, lambda: "upload %s not finished: %s"
+                       % (request_id, upload_status(port, request_id)))
+    assert final["status"] == "stored", final
+    return final
+
+
+def wait_all_stored(port, request_ids, timeout=30):
+    """Poll the status route until every upload is final; return {request_id: status}."""
+    final = {}
+    deadline = time.monotonic() + timeout
+    while len(final) < len(request_ids):
+        for request_id in request_ids:
+            if request_id not in final:
+                status = upload_status(port, request_id)
+                if status and status["status"] in ("stored", "failed"):
+                    final[request_id] = status
+        if len(final) < len(request_ids):
+            if time.monotonic() > deadline:
+                missing = [r for r in request_ids if r not in final]
+                raise AssertionError("%d upload(s) not finished after %ss, e.g. %s: %s"
+                                     % (len(missing), timeout, missing[0],
+                                        upload_status(port, missing[0])))
+            time.sleep(0.1)
+    return final
+
+
+def content(port, image_id):
+    status, headers, body = fetch(port, "GET", "/api/images/%d/content" % image_id)
+    assert status == 200, body
+    return headers, body
+
+
+def no_traceback(text):
+    return "Traceback" not in text
