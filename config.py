@@ -40,6 +40,10 @@ class Config:
     prefetch: int = 4
     confirm_timeout: float = 10.0
     shutdown_timeout: float = 15.0
+    # Seconds a request's whole body may take to arrive (Tornado's body_timeout:
+    # a deadline for the body, not an idle timeout); then the connection is closed,
+    # so a client that promises more bytes than it sends cannot hold it forever.
+    body_timeout: float = 300.0
     cache_max_bytes: int = 64 * MIB
     cache_timeout: float = 0.5
     db_pool_size: int = 8
@@ -95,6 +99,9 @@ class Config:
             raise ConfigError("THUMBNAIL_SIZES takes a comma list of sizes of 16 px or more")
         if not self.retry_delays or min(self.retry_delays) <= 0 or self.max_attempts < 1:
             raise ConfigError("RETRY_DELAYS takes positive seconds and MAX_ATTEMPTS at least 1")
+        if not self.body_timeout > 0:
+            raise ConfigError("BODY_TIMEOUT takes a positive number of seconds; got %r"
+                              % self.body_timeout)
         if self.database_url.split(":", 1)[0] not in ("sqlite", "postgres", "postgresql"):
             raise ConfigError("DATABASE_URL must be sqlite:///path or postgresql://...; got %r"
                               % self.database_url)
@@ -174,6 +181,8 @@ _SETTINGS = [
      "seconds to wait for the broker's publish confirm"),
     ("--shutdown-timeout", "SHUTDOWN_TIMEOUT", "shutdown_timeout", float,
      "seconds in-flight messages get to finish at shutdown"),
+    ("--body-timeout", "BODY_TIMEOUT", "body_timeout", float,
+     "seconds a request body may take to arrive in full (web role)"),
     ("--cache-max-bytes", "CACHE_MAX_BYTES", "cache_max_bytes", int,
      "size of the in-memory cache"),
     ("--cache-timeout", "CACHE_TIMEOUT", "cache_timeout", float,

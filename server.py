@@ -50,7 +50,7 @@ def start_http(context):
     config = context.config
     server = tornado.httpserver.HTTPServer(
         make_app(context), max_body_size=config.max_upload_bytes + MULTIPART_OVERHEAD,
-        idle_connection_timeout=60, body_timeout=120)
+        idle_connection_timeout=60, body_timeout=config.body_timeout)
     server.listen(config.port, config.address)
     log.info("web: listening on http://%s:%d/", config.address or "localhost", config.port)
     return server

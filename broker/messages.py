@@ -24,6 +24,15 @@ class InvalidUpload(ValueError):
     """An upload message (or form) that can never be processed."""
 
 
+# Characters that reorder the text around them (bidirectional overrides and isolates).
+BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def has_control_characters(text):
+    """C0 and C1 controls, DEL, and bidirectional overrides: never in a nickname."""
+    return any(ord(ch) < 32 or 127 <= ord(ch) < 160 or ch in BIDI_CONTROLS for ch in text)
+
+
 def clean_nickname(value):
     """The nickname trimmed, or InvalidUpload: required, 1-100 characters."""
     nickname = (value or "").strip()
@@ -31,7 +40,7 @@ def clean_nickname(value):
         raise InvalidUpload("nickname is required")
     if len(nickname) > MAX_NICKNAME:
         raise InvalidUpload("nickname is longer than %d characters" % MAX_NICKNAME)
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in nickname):
+    if has_control_characters(nickname):
         raise InvalidUpload("nickname contains control characters")
     return nickname
 

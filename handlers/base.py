@@ -47,10 +47,8 @@ class BaseHandler(tornado.web.RequestHandler):
     def check_xsrf_cookie(self):
         # A method this handler does not serve is answered 405 (or the unknown
         # path 404), not 403: there is nothing to protect.
-        method = self.request.method.lower()
-        if getattr(type(self), method, None) is getattr(tornado.web.RequestHandler, method, None):
-            return
-        super().check_xsrf_cookie()
+        if self.request.method in self.allowed_methods():
+            super().check_xsrf_cookie()
 
     def write_json(self, value, status=200):
         self.set_status(status)
@@ -63,6 +61,12 @@ class BaseHandler(tornado.web.RequestHandler):
                             self.request.path, value)
             return
         super().log_exception(typ, value, tb)
+
+    def allowed_methods(self):
+        """The HTTP methods this handler serves (those it defines)."""
+        return [method for method in self.SUPPORTED_METHODS
+                if getattr(type(self), method.lower(), None)
+                is not getattr(tornado.web.RequestHandler, method.lower(), None)]
 
     def write_error(self, status_code, **kwargs):
         status_code, error, detail = self.error_fields(status_code, kwargs)
@@ -82,6 +86,12 @@ class BaseHandler(tornado.web.RequestHandler):
             error, detail = exc.error, exc.detail
             if exc.retry_after:
                 self.set_header("Retry-After", str(exc.retry_after))
+        elif status_code == 405:
+            # A 405 names the methods that are allowed, in Allow (RFC 9110 15.5.6).
+            allowed = self.allowed_methods()
+            self.set_header("Allow", ", ".join(allowed))
+            error, detail = self._reason, "%s is not allowed here; use %s" % (
+                self.request.method, " or ".join(allowed) or "no method")
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message:
             error, detail = self._reason, exc.log_message
         else:

@@ -167,7 +167,7 @@ class ThumbnailHandler(ImmutableBytesHandler):
         image_id = int(image_id)
         sizes = self.config.thumbnail_sizes
         size = self.get_argument("size", str(min(sizes)))
-        if not size.isdigit() or int(size) not in sizes:
+        if not re.fullmatch(r"[0-9]{1,5}", size) or int(size) not in sizes:
             raise ApiError(400, "bad size", "size must be one of %s"
                            % ", ".join(str(s) for s in sizes))
         size = int(size)

@@ -8,6 +8,7 @@ import base64
 from tornado.escape import xhtml_escape
 
 import imaging
+from broker.messages import has_control_characters
 from handlers.base import ApiError, BaseHandler
 from handlers.html import HtmlPage, wants_json
 from handlers.images import cached_content
@@ -46,9 +47,14 @@ class SeedUploadHandler(HtmlPage, UploadHandler):
 class NicknameImagesHandler(BaseHandler):
     """``GET /images/{nickname}``: every image of ``nickname``, newest first, as
     ``[{"id", "image_data" (base64 of the original bytes), "mime_type"}]``; the
-    ids come from the database, the bytes through the cache.  ``[]`` if none."""
+    ids come from the database, the bytes through the cache.  ``[]`` if none;
+    400 for a nickname with control characters, which no upload can have."""
 
     async def get(self, nickname):
+        if has_control_characters(nickname):
+            # No stored nickname has one (clean_nickname), and PostgreSQL refuses
+            # a NUL in a query parameter: answer before asking the database.
+            raise ApiError(400, "bad nickname", "nickname contains control characters")
         found, before_id = [], None
         while True:
             page = await self.context.storage.list_images(nickname=nickname,

@@ -10,6 +10,7 @@ that timed out); an upload is either safely in the broker or refused, never both
 """
 
 import logging
+import re
 import uuid
 
 import tornado.web
@@ -25,6 +26,19 @@ log = logging.getLogger(__name__)
 # Room for the multipart framing and the nickname around the image itself.
 MULTIPART_OVERHEAD = 64 * 1024
 RETRY_AFTER = 5
+# A Content-Length past this many digits is over any limit (and int() refuses
+# strings of more than 4300 digits).
+LENGTH_DIGITS = 18
+
+
+def declared_length(value):
+    """``Content-Length`` as an int; None when absent or not plain ASCII digits
+    (Tornado answers those 400 itself when it reads the body).  Not
+    ``str.isdigit``: it passes ``"²"`` (a Latin-1 header byte), which ``int`` refuses."""
+    if value is None or not re.fullmatch(r"[0-9]+", value):
+        return None
+    digits = value.lstrip("0") or "0"
+    return int(digits) if len(digits) <= LENGTH_DIGITS else 10 ** LENGTH_DIGITS
 
 
 @tornado.web.stream_request_body
@@ -37,8 +51,8 @@ class UploadHandler(BaseHandler):
     def prepare(self):
         self._chunks, self._received = [], 0
         self._limit = self.config.max_upload_bytes + MULTIPART_OVERHEAD
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self._limit:
+        length = declared_length(self.request.headers.get("Content-Length"))
+        if length is not None and length > self._limit:
             raise self.too_large()  # answered before a byte of the body is read
         # A body without Content-Length (chunked) is counted in data_received;
         # Tornado's own cut-off sits above ours so that ours answers first.

@@ -105,6 +105,8 @@ async def test_body_that_is_not_an_image_is_refused_with_415(http_client, base_u
     ("   ", "nickname is required"),
     ("x" * 101, "longer than 100"),
     ("tab\tname", "control characters"),
+    ("next\u0085line", "control characters"),
+    ("evil\u202etxt.jpg", "control characters"),
 ])
 async def test_bad_nickname_is_a_400(http_client, base_url, context, nickname, detail):
     response = await post_upload(http_client, base_url, nickname, make_image())
