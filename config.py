@@ -212,6 +212,19 @@ _SETTINGS = [
 ]
 
 
+# Environment variables read besides those of _SETTINGS: the URL forms, the seed's
+# names folded into them, and what server.py reads itself.
+OTHER_NAMES = ("DATABASE_URL", "DB_TYPE", "SQLITE_DB_PATH", "PGHOST", "PGPORT", "PGUSER",
+               "PGPASSWORD", "PGDATABASE", "AMQP_URL", "RABBITMQ_HOST", "RABBITMQ_PORT",
+               "RABBITMQ_USER", "RABBITMQ_PASSWORD", "REDIS_URL", "REDIS_HOST", "REDIS_PORT",
+               "REDIS_DB", "CACHE", "ROLE", "LOG_LEVEL")
+
+
+def environment_names():
+    """Every environment variable the app reads its configuration from."""
+    return set(OTHER_NAMES) | {name for _flag, name, _attr, _kind, _help in _SETTINGS if name}
+
+
 def load_config(argv=None, environ=None):
     """Build the configuration from ``environ`` (default os.environ), then ``argv``."""
     env = dict(os.environ if environ is None else environ)

@@ -48,7 +48,6 @@ import pstats
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -61,10 +60,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-
+from common import ROOT, clean_environment, die_with_parent, free_port, process_cpu_seconds
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps  # noqa: E402
 
 import config as app_config  # noqa: E402
@@ -405,7 +401,7 @@ class Server:
         self.port = free_port()
         self.db_path = os.path.join(tmp, "photo-app.db")
         self.log_path = os.path.join(tmp, "server.log")
-        env = {k: v for k, v in os.environ.items() if k not in app_environment_names()}
+        env = clean_environment()
         env.update(PYTHONUNBUFFERED="1", SQLITE_DB_PATH=self.db_path)
         if log_level:
             env["LOG_LEVEL"] = log_level
@@ -414,7 +410,7 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 self.argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
 
     def wait_ready(self, timeout=60):
         deadline = time.monotonic() + timeout
@@ -473,39 +469,7 @@ class Server:
             conn.close()
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
-
-def app_environment_names():
-    """Every environment variable the app reads its configuration from."""
-    names = {name for _flag, name, _attr, _kind, _help in app_config._SETTINGS if name}
-    return names | {
-        "DATABASE_URL", "DB_TYPE", "SQLITE_DB_PATH", "PGHOST", "PGPORT", "PGUSER",
-        "PGPASSWORD", "PGDATABASE", "AMQP_URL", "RABBITMQ_HOST", "RABBITMQ_PORT",
-        "RABBITMQ_USER", "RABBITMQ_PASSWORD", "REDIS_URL", "REDIS_HOST", "REDIS_PORT",
-        "REDIS_DB", "CACHE", "ROLE", "LOG_LEVEL"}
-
-
-def _die_with_parent():
-    """In the child: get SIGTERM if the bench itself dies (Linux), so no server outlives it."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def process_cpu_seconds(pid):
-    """utime + stime of a process (all its threads), from /proc; 0 where unknown."""
-    try:
-        with open("/proc/%d/stat" % pid) as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def multipart(nickname, filename, data):

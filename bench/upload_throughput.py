@@ -39,7 +39,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -51,8 +50,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from common import ROOT, clean_environment, die_with_parent, free_port, process_cpu_seconds
 
 # The same limits the app's HTTPServer and UploadHandler use (server.py,
 # handlers/upload.py: max_upload_bytes 16 MiB + MULTIPART_OVERHEAD 64 KiB).
@@ -268,15 +266,6 @@ async def run_load(port, request, count, concurrency, timeout):
     return count, wall, statuses, latencies
 
 
-def process_cpu_seconds(pid):
-    """utime + stime of a process (all its threads), from /proc; 0 where unknown."""
-    try:
-        with open("/proc/%d/stat" % pid) as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
 
 def measure(target, request, args):
     """Warm up, then one measured run against ``target``: a RoundResult."""
@@ -304,34 +293,7 @@ class Target:
     rounds: list = field(default_factory=list)
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
-
-def app_environment_names():
-    """Every environment variable the app reads its configuration from."""
-    sys.path.insert(0, ROOT)
-    try:
-        import config as app_config
-    finally:
-        sys.path.remove(ROOT)
-    names = {name for _flag, name, _attr, _kind, _help in app_config._SETTINGS if name}
-    return names | {
-        "DATABASE_URL", "DB_TYPE", "SQLITE_DB_PATH", "PGHOST", "PGPORT", "PGUSER",
-        "PGPASSWORD", "PGDATABASE", "AMQP_URL", "RABBITMQ_HOST", "RABBITMQ_PORT",
-        "RABBITMQ_USER", "RABBITMQ_PASSWORD", "REDIS_URL", "REDIS_HOST", "REDIS_PORT",
-        "REDIS_DB", "CACHE", "ROLE", "LOG_LEVEL"}
-
-
-def _die_with_parent():
-    """In the child: get SIGTERM if the bench itself dies (Linux), so no server outlives it."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 def start(target, tmp):
@@ -341,7 +303,7 @@ def start(target, tmp):
     with open(target.log_path, "wb") as log:
         target.proc = subprocess.Popen(
             argv, cwd=ROOT, env=target.env, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
 
 
 def wait_ready(target, timeout=60):
@@ -590,7 +552,7 @@ def main(argv=None):
               "%d keep-alive connections (raw asyncio sockets, in this process), %d rounds"
               % (args.count, args.warmup, args.concurrency, args.rounds))
 
-        base_env = {k: v for k, v in os.environ.items() if k not in app_environment_names()}
+        base_env = clean_environment()
         base_env["PYTHONUNBUFFERED"] = "1"
         if args.log_level:
             base_env["LOG_LEVEL"] = args.log_level

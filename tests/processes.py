@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from config import _SETTINGS
+from config import environment_names
 from tests.helpers import multipart
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,12 +24,7 @@ STOP_TIMEOUT = 10    # seconds a process gets to exit after a signal
 
 # Every environment variable config.py (or server.py) reads: removed from the
 # inherited environment, so each process sees only the settings its test gives.
-CONFIG_ENV = {
-    "DATABASE_URL", "DB_TYPE", "SQLITE_DB_PATH", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD",
-    "PGDATABASE", "AMQP_URL", "RABBITMQ_HOST", "RABBITMQ_PORT", "RABBITMQ_USER",
-    "RABBITMQ_PASSWORD", "REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "CACHE", "ROLE",
-    "LOG_LEVEL",
-} | {name for _flag, name, _attr, _kind, _help in _SETTINGS if name}
+CONFIG_ENV = environment_names()
 
 WEB_READY = ("web: listening on",)
 RABBIT_READY = ("rabbitmq connected",)

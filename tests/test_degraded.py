@@ -8,10 +8,9 @@ import sqlite3
 import pytest
 
 from storage import NewImage
-from tests.conftest import amqp_connection, free_port, make_config, start_context
+from tests.conftest import amqp_connection, free_port, make_config
 from context import close_context
 from handlers import make_app
-from server import start_consumers
 from tests.helpers import make_image, post_upload, wait_for_upload
 
 
@@ -98,28 +97,12 @@ async def test_an_unroutable_upload_is_returned_and_refused(app, http_client, ba
     assert upload_statuses(context.config) == ["refused"]  # dropped should it ever arrive
 
 
-@pytest.fixture
-def redis_down_context(io_loop, request, tmp_path):
-    config = make_config(request, tmp_path, "sqlite", "memory", "memory",
-                         cache_url="redis://127.0.0.1:%d/0" % free_port())
-
-    async def start():
-        context = await start_context(config)
-        return context, start_consumers(context)
-    context, consumers = io_loop.run_sync(start)
-    yield context
-
-    async def close():
-        for consumer in consumers:
-            await consumer.stop(5)
-        await close_context(context)
-    io_loop.run_sync(close)
-
-
-@uses("redis_down_context")
+@uses("context")
+@pytest.mark.parametrize("config_overrides", [{"cache_url": "redis://127.0.0.1:%d/0"
+                                               % free_port()}])  # nothing listens there
 @pytest.mark.gen_test(timeout=30)
-async def test_redis_down_reads_come_from_the_database(app, http_client, base_url,
-                                                       redis_down_context, caplog):
+async def test_redis_down_reads_come_from_the_database(app, http_client, base_url, context,
+                                                       caplog):
     caplog.set_level(logging.WARNING, logger="cache.redis")
     data = make_image("GIF")
     response = await post_upload(http_client, base_url, "alice", data)
