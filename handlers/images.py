@@ -30,19 +30,35 @@ def not_found(image_id):
     return ApiError(404, "unknown image", "no image has id %s" % image_id)
 
 
-async def cached_content(context, image_id):
-    """The CachedImage of an image's original bytes, from the cache or else the
-    database (then cached); None when there is no such image."""
-    key = content_key(image_id)
-    entry = await context.cache.get(key)
+async def through_cache(cache, key, load):
+    """The CachedImage under ``key``: from the cache, or else from ``load()``
+    (then cached); None when ``load`` finds nothing."""
+    entry = await cache.get(key)
     if entry is None:
-        found = await context.storage.get_image_content(image_id)
-        if found is None:
-            return None
-        data, mime_type, sha256 = found
-        entry = CachedImage(data, mime_type, '"%s"' % sha256)
-        await context.cache.set(key, entry)
+        entry = await load()
+        if entry is not None:
+            await cache.set(key, entry)
     return entry
+
+
+async def cached_content(context, image_id):
+    """An image's original bytes (ETag: their sha256), or None."""
+    async def load():
+        found = await context.storage.get_image_content(image_id)
+        if found is not None:
+            data, mime_type, sha256 = found
+            return CachedImage(data, mime_type, '"%s"' % sha256)
+    return await through_cache(context.cache, content_key(image_id), load)
+
+
+async def cached_thumbnail(context, image_id, size):
+    """An image's thumbnail of ``size`` (ETag: its sha256), or None."""
+    async def load():
+        found = await context.storage.get_thumbnail(image_id, size)
+        if found is not None:
+            data, mime_type, _width, _height = found
+            return CachedImage(data, mime_type, '"%s"' % hashlib.sha256(data).hexdigest())
+    return await through_cache(context.cache, thumbnail_key(image_id, size), load)
 
 
 def encode_cursor(image_id):
@@ -123,17 +139,13 @@ class ImageHandler(BaseHandler):
 
 
 class ImmutableBytesHandler(BaseHandler):
-    """Bytes that never change once stored: served from the cache when it has
-    them, else loaded (``load``) and cached; ETag, 304 and a year of caching."""
+    """Bytes that never change once stored: ETag, 304 and a year of caching."""
 
     content_security_policy = BYTES_POLICY
 
-    async def serve(self, key, load):
-        cache = self.context.cache
-        entry = await cache.get(key)
+    def serve(self, image_id, entry):
         if entry is None:
-            entry = await load()
-            await cache.set(key, entry)
+            raise not_found(image_id)
         self.set_header("Content-Type", entry.mime_type)
         self.set_header("Cache-Control", IMMUTABLE)
         self.set_header("Etag", entry.etag)
@@ -148,15 +160,7 @@ class ImageContentHandler(ImmutableBytesHandler):
     """``GET /api/images/{id}/content``: the original bytes."""
 
     async def get(self, image_id):
-        image_id = int(image_id)
-
-        async def load():
-            found = await self.context.storage.get_image_content(image_id)
-            if found is None:
-                raise not_found(image_id)
-            data, mime_type, sha256 = found
-            return CachedImage(data, mime_type, '"%s"' % sha256)
-        await self.serve(content_key(image_id), load)
+        self.serve(image_id, await cached_content(self.context, int(image_id)))
 
 
 class ThumbnailHandler(ImmutableBytesHandler):
@@ -164,18 +168,9 @@ class ThumbnailHandler(ImmutableBytesHandler):
     thumbnail; ``size`` is one of the configured sizes (default the smallest)."""
 
     async def get(self, image_id):
-        image_id = int(image_id)
         sizes = self.config.thumbnail_sizes
         size = self.get_argument("size", str(min(sizes)))
         if not re.fullmatch(r"[0-9]{1,5}", size) or int(size) not in sizes:
             raise ApiError(400, "bad size", "size must be one of %s"
                            % ", ".join(str(s) for s in sizes))
-        size = int(size)
-
-        async def load():
-            found = await self.context.storage.get_thumbnail(image_id, size)
-            if found is None:
-                raise not_found(image_id)
-            data, mime_type, _width, _height = found
-            return CachedImage(data, mime_type, '"%s"' % hashlib.sha256(data).hexdigest())
-        await self.serve(thumbnail_key(image_id, size), load)
+        self.serve(image_id, await cached_thumbnail(self.context, int(image_id), int(size)))
