@@ -80,6 +80,27 @@ async def eventually(check, timeout=10, interval=0.05):
         await asyncio.sleep(interval)
 
 
+# -- encoding and looking at images --------------------------------------------------
+
+def encode(image, fmt, **params):
+    """The bytes of PIL ``image`` saved as ``fmt``."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def decode(data):
+    """A fully loaded PIL image from ``data``."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def close_to(pixel, color, tolerance=40):
+    """True when ``pixel``'s RGB is within ``tolerance`` of ``color`` (lossy formats)."""
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel[:3], color))
+
+
 class FaultyStorage:
     """The real storage, except that ``method`` raises StorageError on the calls
     whose numbers (1-based) are in ``failing`` (all calls when it is None)."""

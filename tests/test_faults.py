@@ -158,6 +158,10 @@ class Uploader(threading.Thread):
                                  headers.get("Retry-After")))
             time.sleep(0.02)
 
+    def begin(self):
+        self.start()
+        return self
+
     def accepted(self):
         return [request_id for _t, code, request_id, _r in self.answers if code == 202]
 
@@ -186,6 +190,12 @@ def start_roles(spawn, env, port, notifier=False):
     if notifier:
         roles.append(spawn("notifier", ["-m", "consumers.notifier"], env, ready=RABBIT_READY))
     return roles
+
+
+def stored_image_id(port, request_id, timeout=30):
+    """Wait until the upload is stored; its image id."""
+    return wait_until(lambda: (upload_status(port, request_id) or {}).get("image_id"), timeout,
+                      "upload %s not stored" % request_id)
 
 
 def images_by_request(postgres_url):
@@ -240,13 +250,10 @@ def test_rabbitmq_restart_refuses_then_recovers_and_loses_nothing(
         postgres_url, amqp_prefix, redis_prefix, services, spawn):
     port = free_port()
     web, processor = start_roles(spawn, env_for(postgres_url, amqp_prefix, redis_prefix), port)
-    uploader = Uploader(port, "rabbit")
-    uploader.start()
+    uploader = Uploader(port, "rabbit").begin()
     try:
         wait_for_accepted(uploader, 15)
-        first = uploader.accepted()[0]
-        image_id = wait_until(lambda: (upload_status(port, first) or {}).get("image_id"), 30,
-                              "first upload not stored")
+        image_id = stored_image_id(port, uploader.accepted()[0])
 
         down = services.stop("rabbitmq")
         wait_until(lambda: uploader.first_after(down, 503), 20, "no 503 while RabbitMQ is down")
@@ -271,8 +278,7 @@ def test_a_blocked_broker_answers_503_instead_of_hanging(postgres_url, amqp_pref
                                                          redis_prefix, services, spawn):
     port = free_port()
     start_roles(spawn, env_for(postgres_url, amqp_prefix, redis_prefix), port)
-    uploader = Uploader(port, "blocked")
-    uploader.start()
+    uploader = Uploader(port, "blocked").begin()
     try:
         wait_for_accepted(uploader, 5)
         blocked = time.monotonic()
@@ -302,13 +308,10 @@ def test_postgres_restart_fails_fast_then_recovers_and_loses_nothing(
     port = free_port()
     web, processor = start_roles(spawn, env_for(postgres_url, amqp_prefix, redis_prefix,
                                                  CACHE="none"), port)
-    uploader = Uploader(port, "postgres")
-    uploader.start()
+    uploader = Uploader(port, "postgres").begin()
     try:
         wait_for_accepted(uploader, 15)
-        first = uploader.accepted()[0]
-        image_id = wait_until(lambda: (upload_status(port, first) or {}).get("image_id"), 30,
-                              "first upload not stored")
+        image_id = stored_image_id(port, uploader.accepted()[0])
         down = services.stop("postgres")
         wait_until(lambda: uploader.first_after(down, 503), 20, "no 503 while PostgreSQL is down")
         started = time.monotonic()
@@ -342,8 +345,7 @@ def test_redis_stopped_reads_come_from_the_database_and_it_is_used_again(
     data = make_image("PNG", size=(50, 40), color=(3, 6, 9))
     code, body = upload(port, data, nickname="cached")
     assert code == 202
-    image_id = wait_until(lambda: (upload_status(port, body["request_id"]) or {}).get("image_id"),
-                          30, "not stored")
+    image_id = stored_image_id(port, body["request_id"])
     path = "/api/images/%d/content" % image_id
     key = "%simage:%d" % (redis_prefix, image_id)
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
@@ -378,8 +380,7 @@ def test_uploads_survive_broker_database_cache_and_processor_faults(
     env = env_for(postgres_url, amqp_prefix, redis_prefix)
     web, processor, notifier = start_roles(spawn, env, port, notifier=True)
     processors = [processor]
-    uploader = Uploader(port, "chaos")
-    uploader.start()
+    uploader = Uploader(port, "chaos").begin()
     recoveries = {}
     try:
         wait_for_accepted(uploader, 30)

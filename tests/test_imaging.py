@@ -18,6 +18,7 @@ from PIL import ExifTags, Image, ImageOps, PngImagePlugin
 from config import Config, load_config
 from imaging import SUPPORTED_TYPES, InvalidImage, sniff_mime
 from imaging.process import ImagingSettings, process
+from tests.helpers import close_to, decode, encode
 
 DEFAULT = ImagingSettings.from_config(Config())
 FORMATS = [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("GIF", "image/gif"),
@@ -31,24 +32,8 @@ def settings(**changes):
     return ImagingSettings(**values)
 
 
-def encode(image, fmt, **params):
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
-
-
 def solid(fmt, size=(300, 200), color=RED, **params):
     return encode(Image.new("RGB", size, color), fmt, **params)
-
-
-def decode(data):
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
-
-
-def close_to(pixel, color, tolerance=40):
-    return all(abs(a - b) <= tolerance for a, b in zip(pixel[:3], color))
 
 
 def upright_picture(size=(400, 250)):

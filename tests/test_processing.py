@@ -14,26 +14,10 @@ import pytest
 from PIL import ExifTags, Image
 
 from cache import CachedImage, thumbnail_key
-from tests.helpers import make_image, post_upload, wait_for_upload
+from tests.helpers import close_to, decode, encode, make_image, post_upload, wait_for_upload
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)
 IMMUTABLE = "public, max-age=31536000, immutable"
-
-
-def encode(image, fmt, **params):
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
-
-
-def decode(data):
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
-
-
-def close_to(pixel, color, tolerance=40):
-    return all(abs(a - b) <= tolerance for a, b in zip(pixel[:3], color))
 
 
 def sideways_photo(make="Canon", model="Canon EOS R6"):
