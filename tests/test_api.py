@@ -154,10 +154,12 @@ async def test_unknown_ids_are_json_404s(http_client, base_url, context):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_wrong_method_is_a_json_405(http_client, base_url, context):
-    response = await http_client.fetch(base_url + "/api/images/1", method="DELETE",
+    response = await http_client.fetch(base_url + "/api/images/1", method="PUT", body=b"{}",
                                        raise_error=False)
     assert response.code == 405
     assert json.loads(response.body)["error"]
+    assert "GET" in response.headers["Allow"].split(", ")
+    assert "PUT" not in response.headers["Allow"]
 
 
 @pytest.mark.gen_test(timeout=30)

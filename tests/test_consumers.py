@@ -148,6 +148,13 @@ async def test_valid_upload_is_stored_and_announced(context, caplog):
 async def test_body_that_is_not_an_image_fails_once_and_is_acked(context, caplog,
                                                                   monkeypatch, kind):
     calls = count_process_calls(monkeypatch)
+    retried = []  # on_failure is the only way back into the queues (retry or dead letter)
+    real_on_failure = Processor.on_failure
+
+    async def on_failure(self, message, exc):
+        retried.append(message.message_id)
+        await real_on_failure(self, message, exc)
+    monkeypatch.setattr(Processor, "on_failure", on_failure)
     png = make_image("PNG", size=(200, 150))
     data = b"hello, this is plain text\n" if kind == "text" else png[:len(png) // 2]
     upload = make_upload(data)
@@ -163,7 +170,8 @@ async def test_body_that_is_not_an_image_fails_once_and_is_acked(context, caplog
 
     topology = context.broker.topology
     await settled(context, topology.upload_queue, topology.notifications_queue)
-    await asyncio.sleep(0.7)  # longer than the first retry delay: nothing comes back
+    # Acked, and never handed to on_failure: nothing went to a retry queue, so nothing comes back.
+    assert retried == []
     assert [d for _, d in calls if d == data] == [data]
     assert len(notifications(caplog, "image.failed", upload.request_id)) == 1
     assert (await context.storage.get_upload(upload.request_id))["status"] == "failed"
@@ -342,20 +350,18 @@ async def test_image_work_runs_in_the_image_executor(context, monkeypatch):
     assert thread is not threading.current_thread()
 
 
-def slow_process(monkeypatch, seconds, times=1):
-    """Image processing that takes ``seconds`` (in its thread) the first ``times`` calls."""
-    started = threading.Event()
+def gated_process(monkeypatch):
+    """Image processing held until the test sets the returned gate; ``entered`` is set
+    once a call is waiting at it.  (The thread, not the loop, waits.)"""
+    gate, entered = threading.Event(), threading.Event()
     real = processor_module.process
-    calls = []
 
     def process(*args, **kwargs):
-        calls.append(1)
-        if len(calls) <= times:
-            started.set()
-            time.sleep(seconds)
+        entered.set()
+        gate.wait(30)
         return real(*args, **kwargs)
     monkeypatch.setattr(processor_module, "process", process)
-    return started
+    return gate, entered
 
 
 NO_CONSUMERS = {"roles": ("web",)}  # the test starts its own processor
@@ -364,16 +370,18 @@ NO_CONSUMERS = {"roles": ("web",)}  # the test starts its own processor
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("config_overrides", [NO_CONSUMERS])
 async def test_stop_waits_for_the_message_in_flight(context, monkeypatch):
-    started = slow_process(monkeypatch, 0.6)
+    gate, entered = gated_process(monkeypatch)
     processor = Processor(context)
     processor.start()
     upload = make_upload()
     await publish_upload(context, upload)
-    await eventually(started.is_set)
+    await eventually(entered.is_set)
 
-    begun = time.monotonic()
-    await processor.stop(5)
-    assert time.monotonic() - begun >= 0.2
+    stopping = asyncio.ensure_future(processor.stop(20))
+    await asyncio.sleep(0.2)  # stop() has had every chance to return, and must not have
+    assert not stopping.done(), "stop() returned while a message was still in flight"
+    gate.set()
+    await stopping
     status = await context.storage.get_upload(upload.request_id)
     assert status["status"] == "stored"  # finished before stop() returned
     await settled(context, context.broker.topology.upload_queue)  # and acked
@@ -382,19 +390,19 @@ async def test_stop_waits_for_the_message_in_flight(context, monkeypatch):
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("config_overrides", [NO_CONSUMERS])
 async def test_stop_requeues_what_does_not_finish_in_time(context, monkeypatch):
-    started = slow_process(monkeypatch, 1.0)
+    gate, entered = gated_process(monkeypatch)
     processor = Processor(context)
     processor.start()
     upload = make_upload()
     await publish_upload(context, upload)
-    await eventually(started.is_set)
+    await eventually(entered.is_set)
 
-    begun = time.monotonic()
-    await processor.stop(0.1)
-    assert time.monotonic() - begun < 0.8
+    await processor.stop(0.1)  # returns although the gate is still closed
+    assert not gate.is_set()
     assert (await context.storage.get_upload(upload.request_id))["status"] == "processing"
 
     # The message went back to the queue: the next processor stores it.
+    gate.set()
     processor = Processor(context)
     processor.start()
     try:

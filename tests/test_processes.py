@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import time
 import urllib.parse
 
 import psycopg2
@@ -20,9 +19,10 @@ import pytest
 import redis
 
 from tests.conftest import AMQP_URL, REDIS_URL, ROOT, free_port
+from tests.gated import Gate
 from tests.helpers import make_image, multipart
 from tests.processes import (RABBIT_READY, WEB_READY, content, fetch, no_traceback,
-                             process_env, upload, wait_all_stored, wait_stored)
+                             process_env, upload, wait_all_stored, wait_stored, wait_until)
 
 # -- 1. zero configuration ------------------------------------------------------------
 
@@ -197,15 +197,9 @@ def test_split_roles_in_three_processes(postgres_url, amqp_prefix, redis_prefix,
 
 # -- 4. a processor stopped in the middle of a stream of uploads -------------------------
 
-# Small on the wire, but 2500 x 2500 pixels to decode: the processor stays busy
-# (with IMAGE_WORKERS=1) while the web tier accepts uploads much faster.  Each
-# upload's colour differs, so none is a duplicate of another.
-def heavy(n):
-    return make_image("PNG", size=(2500, 2500), color=(120, 130, n))
-
-
-def light(n):
-    return make_image("PNG", size=(32, 32), color=(1, 2, n))
+def image(n):
+    """A small image whose colour differs for each n, so none is a duplicate of another."""
+    return make_image("PNG", size=(32, 32), color=(1, 2 + n // 256, n % 256))
 
 
 def stored_rows(postgres_url):
@@ -229,46 +223,64 @@ def test_processor_stopped_mid_stream_loses_and_duplicates_nothing(postgres_url,
                     CACHE="none")
     web = spawn("web", ["server.py", "--role=web", "--port", str(port)], process_env(**services),
                 ready=WEB_READY + RABBIT_READY)
-    first = spawn("processor-1", ["-m", "consumers.processor"],
+    # The first processor's image work waits at a gate: two uploads pass, the third
+    # is held in the middle of processing when the signal comes, and the rest of its
+    # prefetch window is delivered but unacked.
+    gate = Gate(web.stderr_path.parent / "gate")
+    gate.allow(2)
+    first = spawn("processor-1", gate.command("--role=processor"),
                   process_env(IMAGE_WORKERS=1, PREFETCH=4, **services), ready=RABBIT_READY)
 
     accepted = []
 
-    def send(count, make):
+    def send(count):
         for _ in range(count):
-            code, body = upload(port, make(len(accepted)), nickname="stream")
+            code, body = upload(port, image(len(accepted)), nickname="stream")
             assert code == 202, (code, body)
             accepted.append(body["request_id"])
 
-    # A burst the processor cannot keep up with: when the signal comes, it holds
-    # a full prefetch window of unacked messages, some of them half processed.
-    send(10, heavy)
-    first.wait_for_log("stored as image")
+    send(10)
+    gate.wait_entered(3)
+    wait_until(lambda: first.log().count("stored as image") == 2, 20,
+               lambda: "two uploads not stored: %s" % first.describe())
     images, uploads = stored_rows(postgres_url)
-    assert len(images) < len(accepted), "the processor was not behind; nothing was in flight"
-    assert first.stop(signum) == (0 if signum == signal.SIGTERM else -signal.SIGKILL)
+    assert len(images) == 2
+    held = {r for r, status in uploads.items() if status == "processing"}
+    assert held, "the upload held at the gate is not in progress: %s" % uploads
+
+    if signum == signal.SIGTERM:
+        first.popen.send_signal(signum)
+        # Once the consumer is cancelled nothing new is delivered; what was (a full
+        # prefetch window) may finish now, within SHUTDOWN_TIMEOUT.
+        first.wait_for_log("SIGTERM: shutting down", "message(s) in flight")
+        gate.open()
+        assert first.wait() == 0, first.describe()
+    else:
+        assert first.stop(signum) == -signal.SIGKILL
 
     images, uploads = stored_rows(postgres_url)
     in_flight = sorted(r for r, status in uploads.items() if status == "processing")
     if signum == signal.SIGTERM:
         # Graceful: what was in flight finished (stored and acked), nothing left half done.
         assert in_flight == [], (in_flight, first.log())
+        assert held <= set(images)
         log = first.log()
-        assert "SIGTERM: shutting down" in log and log.rstrip().endswith("stopped"), log
+        assert log.rstrip().endswith("stopped"), log
         assert no_traceback(log), log
     else:
-        # Killed: the uploads it was working on are left "processing" until redelivered.
-        assert in_flight, "the kill should have hit messages in flight: %s" % uploads
+        # Killed: what it was working on is left "processing" until redelivered.
+        assert held <= set(in_flight), uploads
+        assert not held & set(images)
     assert len(images) < len(accepted)
 
     # With no processor, RabbitMQ holds the uploads: the web tier still answers 202.
-    send(15, light)
+    send(15)
     code, _headers, body = fetch(port, "GET", "/readyz")
     assert code == 200, body
 
     second = spawn("processor-2", ["-m", "consumers.processor"], process_env(**services),
                    ready=RABBIT_READY)
-    send(15, light)
+    send(15)
     assert len(accepted) == len(set(accepted)) == 40
 
     final = wait_all_stored(port, accepted, timeout=40)
@@ -323,9 +335,18 @@ def test_an_unreachable_database_at_start_is_one_clear_error(spawn, request, arg
 # -- 6. SIGTERM while a request is in progress ----------------------------------------------
 
 def send_request_head(port, path, content_type, length):
+    """Send a request's head and return once the server has read it and started the
+    request: it asks for ``100-continue``, which the server answers only then."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\n"
-                 b"Content-Length: %d\r\n\r\n" % (path.encode(), content_type.encode(), length))
+                 b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+                 % (path.encode(), content_type.encode(), length))
+    interim = b""
+    while b"\r\n\r\n" not in interim:
+        chunk = sock.recv(1)
+        assert chunk, "the connection closed before 100 Continue: %r" % interim
+        interim += chunk
+    assert interim.startswith(b"HTTP/1.1 100"), interim
     return sock
 
 
@@ -370,21 +391,19 @@ def test_sigterm_lets_an_upload_in_progress_finish(postgres_url, amqp_prefix, sp
     sock = send_request_head(port, "/api/images", content_type, len(body))
     try:
         sock.sendall(body[:len(body) // 2])
-        time.sleep(0.2)
-        started = time.monotonic()
         web.popen.send_signal(signal.SIGTERM)
         web.wait_for_log("SIGTERM: shutting down")
         with pytest.raises(OSError):  # no new connections once shutting down
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
-        time.sleep(0.3)
         sock.sendall(body[len(body) // 2:])
         status, answer = read_response(sock)
     finally:
         sock.close()
     assert status == 202, answer
     request_id = json.loads(answer)["request_id"]
+    # The idle keep-alive connection was closed by the server, not left to linger.
     assert web.wait() == 0, web.describe()
-    assert time.monotonic() - started < 5, "an idle connection held the shutdown up"
+    assert idle.sock.recv(1) == b"", "the idle connection was left open"
     idle.close()
     processor.wait_for_log("upload %s stored as image" % request_id)
     _images, uploads = stored_rows(postgres_url)
@@ -401,10 +420,8 @@ def test_sigterm_does_not_wait_for_ever_on_a_stalled_upload(spawn, tmp_path):
     sock = send_request_head(port, "/api/images", "multipart/form-data; boundary=x", 10_000)
     try:
         sock.sendall(b"--x\r\n")
-        time.sleep(0.2)
-        started = time.monotonic()
+        # SHUTDOWN_TIMEOUT=1: the stalled upload is cut off then, well within stop()'s limit.
         assert web.stop(signal.SIGTERM) == 0, web.describe()
-        assert time.monotonic() - started < 5
     finally:
         sock.close()
     log = web.log()

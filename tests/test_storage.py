@@ -405,13 +405,16 @@ async def test_database_work_runs_on_the_storage_threads(storage, monkeypatch):
 
 @pytest.mark.gen_test
 async def test_the_loop_keeps_turning_during_a_slow_query(storage):
+    # The query is held by a gate until the loop has turned five times beside it.
+    gate = threading.Event()
+    slow = asyncio.ensure_future(storage._run(lambda cursor: gate.wait(10)))
     ticks = 0
-    slow = asyncio.ensure_future(storage._run(lambda cursor: time.sleep(0.5)))
-    while not slow.done():
+    while ticks < 5:
+        assert not slow.done(), "the query returned before the gate opened"
         ticks += 1
-        await asyncio.sleep(0.02)
-    await slow
-    assert ticks >= 5
+        await asyncio.sleep(0.01)
+    gate.set()
+    assert await slow is True
 
 
 # -- SQLite specifics ----------------------------------------------------------
