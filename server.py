@@ -10,7 +10,6 @@ main() is a chain of small steps: arguments -> config -> logging -> backends
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 
@@ -31,9 +30,9 @@ log = logging.getLogger("photo_app")
 CONSUMERS = {"processor": [Processor, DeadLetterRecorder], "notifier": [Notifier]}
 
 
-def setup_logging():
+def setup_logging(config):
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
+        level=config.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pika").setLevel(logging.WARNING)
 
@@ -105,7 +104,7 @@ def main(argv=None):
     except ConfigError as exc:
         print("photo-app: configuration error: %s" % exc, file=sys.stderr)
         sys.exit(2)
-    setup_logging()
+    setup_logging(config)
     try:
         asyncio.run(serve(config))
     except StorageError as exc:
