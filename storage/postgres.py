@@ -17,6 +17,7 @@ import urllib.parse
 import psycopg2
 import psycopg2.errors
 
+from config import redact_url
 from storage.sql import SQLStorage
 
 log = logging.getLogger(__name__)
@@ -27,14 +28,6 @@ CONNECT_OPTIONS = {"connect_timeout": 5, "options": "-c statement_timeout=30000"
                    "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
                    "keepalives_count": 3}
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
-
-
-def _redact(url):
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        parts = parts._replace(netloc=netloc)
-    return urllib.parse.urlunsplit(parts)
 
 
 def create_database_if_missing(url):
@@ -111,7 +104,7 @@ class PostgresStorage(SQLStorage):
         self._pool = ConnectionPool(url)
 
     def describe(self):
-        return "postgres at %s" % _redact(self.url)
+        return "postgres at %s" % redact_url(self.url)
 
     async def migrate(self):
         await self._in_thread(create_database_if_missing, self.url)
