@@ -22,6 +22,7 @@ IMAGE_UPLOADED = "image.uploaded"
 IMAGE_FAILED = "image.failed"
 IMAGE_DELETED = "image.deleted"
 DEAD_ROUTING_KEY = "dead"
+PARKED_ROUTING_KEY = "parked"
 
 
 class BrokerUnavailable(Exception):
@@ -55,7 +56,9 @@ class Topology:
     delay, so a short wait never queues behind a long one) and then flow back
     to the work queue; uploads that ran out of attempts go to the dead-letter
     queue, where they wait to be recorded and, once the cause is fixed,
-    re-queued.
+    re-queued.  A message a consumer failed too often (``MAX_DELIVERIES``, see
+    ``consumers.base``) is parked in the parking queue, which nothing consumes:
+    it waits there for an operator.
     """
 
     def __init__(self, prefix="", retry_delays=Config.retry_delays):
@@ -67,6 +70,8 @@ class Topology:
         self.dead_queue = prefix + "image-processing-queue.dead"
         self.events_exchange = prefix + "photo-app"
         self.notifications_queue = prefix + "photo-app.notifications"
+        self.parked_exchange = prefix + "photo-app.parked"
+        self.parked_queue = prefix + "photo-app.parked"
         self.retry_delays = tuple(retry_delays)
 
     @staticmethod
@@ -76,7 +81,7 @@ class Topology:
     @property
     def exchanges(self):
         return [self.upload_exchange, self.retry_exchange, self.dead_exchange,
-                self.events_exchange]
+                self.events_exchange, self.parked_exchange]
 
     @property
     def queues(self):
@@ -90,6 +95,7 @@ class Topology:
             QueueSpec(self.dead_queue, self.dead_exchange, (DEAD_ROUTING_KEY,)),
             QueueSpec(self.notifications_queue, self.events_exchange,
                       (IMAGE_UPLOADED, IMAGE_FAILED, IMAGE_DELETED)),
+            QueueSpec(self.parked_queue, self.parked_exchange, (PARKED_ROUTING_KEY,)),
         ]
 
 
@@ -103,11 +109,14 @@ class Message:
     headers: dict = field(default_factory=dict)
     redelivered: bool = False
     settle: object = field(default=None, repr=False)  # settle(ack: bool, requeue: bool)
+    settled: bool = field(default=False, repr=False, compare=False)
 
     def ack(self):
+        self.settled = True
         self.settle(True, False)
 
     def nack(self, requeue=True):
+        self.settled = True
         self.settle(False, requeue)
 
 

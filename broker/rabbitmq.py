@@ -14,24 +14,17 @@ consumer resumes.  The loop itself is never stopped and nothing sleeps on it.
 
 import asyncio
 import logging
-import urllib.parse
 
 import pika
 from pika.adapters.tornado_connection import TornadoConnection
 from tornado.ioloop import IOLoop
 
 from broker import Broker, BrokerUnavailable, Message
+from config import redact_url
 
 log = logging.getLogger(__name__)
 
 MIN_DELAY, MAX_DELAY = 1.0, 30.0
-
-
-def _redact(url):
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        parts = parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@"))
-    return urllib.parse.urlunsplit(parts)
 
 
 class _Callback:
@@ -73,7 +66,7 @@ class RabbitMQBroker(Broker):
 
     def describe(self):
         prefix = self.topology.prefix
-        return "rabbitmq at %s%s" % (_redact(self.url),
+        return "rabbitmq at %s%s" % (redact_url(self.url),
                                      " (name prefix %r)" % prefix if prefix else "")
 
     async def start(self):
