@@ -14,6 +14,7 @@ import asyncio
 import logging
 
 from broker.messages import event_message_id, image_event
+from logs import set_request_id
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class Consumer:
         task.add_done_callback(self._tasks.discard)
 
     async def _settle(self, message):
+        # Uploads carry the request id as message id; the notifier narrows an event's
+        # id ("image.uploaded:<request id>") to its request id once it has read the body.
+        set_request_id(message.message_id)
         try:
             await self.handle(message)
         except asyncio.CancelledError:
