@@ -14,6 +14,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from imaging import SUPPORTED_TYPES
+from logs import FORMATS as LOG_FORMATS
 
 ROLES = ("web", "processor", "notifier")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -67,6 +68,8 @@ class Config:
     api_token: str = ""
     xsrf_secret: str = ""
     log_level: str = "INFO"
+    # "text" (the human format) or "json" (one object per line; logs.py)
+    log_format: str = "text"
 
     @property
     def db_type(self):
@@ -118,6 +121,9 @@ class Config:
         if not self.body_timeout > 0:
             raise ConfigError("BODY_TIMEOUT takes a positive number of seconds; got %r"
                               % self.body_timeout)
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError("LOG_FORMAT must be %s; got %r"
+                              % (" or ".join(LOG_FORMATS), self.log_format))
         if self.database_url.split(":", 1)[0] not in ("sqlite", "postgres", "postgresql"):
             raise ConfigError("DATABASE_URL must be sqlite:///path or postgresql://...; got %r"
                               % redact_url(self.database_url))
@@ -297,6 +303,8 @@ _SETTINGS = [
     ("--api-token", "API_TOKEN", "api_token", str,
      "bearer token for the operator routes (dead letters)"),
     ("--xsrf-secret", "XSRF_SECRET", "xsrf_secret", str, "cookie secret for page forms"),
+    ("--log-format", "LOG_FORMAT", "log_format", str,
+     "text (default) or json: one JSON object per log line"),
 ]
 
 

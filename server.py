@@ -22,19 +22,13 @@ from consumers.processor import Processor
 from context import close_context, open_context
 from handlers import make_app
 from handlers.upload import MULTIPART_OVERHEAD
+from logs import setup_logging
 from storage import StorageError
 
 log = logging.getLogger("photo_app")
 
 # The consumers each role runs.
 CONSUMERS = {"processor": [Processor, DeadLetterRecorder], "notifier": [Notifier]}
-
-
-def setup_logging(config):
-    logging.basicConfig(
-        level=config.log_level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pika").setLevel(logging.WARNING)
 
 
 def start_consumers(context):
@@ -115,7 +109,7 @@ def main(argv=None):
     except ConfigError as exc:
         print("photo-app: configuration error: %s" % exc, file=sys.stderr)
         sys.exit(2)
-    setup_logging(config)
+    setup_logging(config.log_format, config.log_level)
     try:
         asyncio.run(serve(config))
     except StorageError as exc:

@@ -27,6 +27,7 @@ import logging
 
 from broker import PARKED_ROUTING_KEY, BrokerUnavailable
 from broker.messages import ERROR_HEADER, PARKED_FROM_HEADER, event_message_id, image_event
+from logs import set_request_id
 from storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class Consumer:
         task.add_done_callback(self._tasks.discard)
 
     async def _settle(self, message):
+        # Uploads carry the request id as message id; the notifier narrows an event's
+        # id ("image.uploaded:<request id>") to its request id once it has read the body.
+        set_request_id(message.message_id)
         try:
             await self.handle(message)
         except Exception as exc:

@@ -20,6 +20,7 @@ from handlers.seed import DbTypeHandler, NicknameImagesHandler, SniffMimeHandler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("tornado.access")
 
 
 def web_routes(context):
@@ -46,6 +47,20 @@ def web_routes(context):
     ]
 
 
+def log_request(handler):
+    """One access line per request: status, method, path, route (the handler), duration
+    and, through logs.RequestIdFilter, the upload's request id where there is one."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    route = type(handler).__name__
+    duration_ms = round(1000.0 * request.request_time(), 2)
+    access_log.log(level, "%d %s %s %s %.2fms", status, request.method, request.uri, route,
+                   duration_ms, extra={"method": request.method, "path": request.path,
+                                       "route": route, "status": status,
+                                       "duration_ms": duration_ms})
+
+
 def cookie_secret(config):
     """XSRF_SECRET, or a random secret for this process alone."""
     if config.xsrf_secret:
@@ -67,4 +82,5 @@ def make_app(context):
         # routes (uploads, /sniff-mime, operator routes) override check_xsrf_cookie.
         xsrf_cookies=True,
         cookie_secret=cookie_secret(context.config),
+        log_function=log_request,
     )
