@@ -61,6 +61,8 @@ class Config:
     max_attempts: int = 5
     api_token: str = ""
     xsrf_secret: str = ""
+    # Origins besides the page's own host that may open /api/events (scheme://host[:port]).
+    allowed_origins: tuple = ()
 
     @property
     def db_type(self):
@@ -158,6 +160,10 @@ def _delays(value):
     return tuple(float(word) for word in _words(value))
 
 
+def _origins(value):
+    return tuple(word.rstrip("/") for word in _words(value))
+
+
 def _flag(value):
     return value.strip().lower() in ("1", "true", "yes", "on")
 
@@ -209,6 +215,8 @@ _SETTINGS = [
     ("--api-token", "API_TOKEN", "api_token", str,
      "bearer token for the operator routes (dead letters)"),
     ("--xsrf-secret", "XSRF_SECRET", "xsrf_secret", str, "cookie secret for page forms"),
+    ("--allowed-origins", "ALLOWED_ORIGINS", "allowed_origins", _origins,
+     "comma list of origins besides the page's own that may open /api/events"),
 ]
 
 
