@@ -70,6 +70,8 @@ class Config:
     log_level: str = "INFO"
     # "text" (the human format) or "json" (one object per line; logs.py)
     log_format: str = "text"
+    # Origins besides the page's own host that may open /api/events (scheme://host[:port]).
+    allowed_origins: tuple = ()
 
     @property
     def db_type(self):
@@ -247,6 +249,10 @@ def _delays(value):
     return tuple(float(word) for word in _words(value))
 
 
+def _origins(value):
+    return tuple(word.rstrip("/") for word in _words(value))
+
+
 def _flag(value):
     word = value.strip().lower()
     if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
@@ -305,6 +311,8 @@ _SETTINGS = [
     ("--xsrf-secret", "XSRF_SECRET", "xsrf_secret", str, "cookie secret for page forms"),
     ("--log-format", "LOG_FORMAT", "log_format", str,
      "text (default) or json: one JSON object per log line"),
+    ("--allowed-origins", "ALLOWED_ORIGINS", "allowed_origins", _origins,
+     "comma list of origins besides the page's own that may open /api/events"),
 ]
 
 

@@ -18,9 +18,12 @@ from config import Config
 # The routing keys of the contract (DESIGN.md).  Exchange and queue names get a
 # deployment prefix (AMQP_PREFIX); routing keys do not.
 UPLOAD_ROUTING_KEY = "image-processing-queue"
+IMAGE_PROCESSING = "image.processing"
 IMAGE_UPLOADED = "image.uploaded"
 IMAGE_FAILED = "image.failed"
 IMAGE_DELETED = "image.deleted"
+# Every event of the events exchange: what each web process hears for its pages.
+EVENT_KEYS = (IMAGE_PROCESSING, IMAGE_UPLOADED, IMAGE_FAILED, IMAGE_DELETED)
 DEAD_ROUTING_KEY = "dead"
 PARKED_ROUTING_KEY = "parked"
 
@@ -149,6 +152,14 @@ class Broker:
 
     async def cancel(self, queue):
         """Stop delivering from ``queue``; messages already delivered may still settle."""
+        raise NotImplementedError
+
+    def subscribe(self, exchange, routing_keys, on_message):
+        """Hear ``routing_keys`` of ``exchange`` for as long as this process runs, through
+        a private queue of its own (exclusive, server-named and auto-delete on RabbitMQ),
+        declared anew after each reconnect.  Deliveries need no settling; what is
+        published while the process is not connected is missed (fit for live updates
+        and cache invalidation, never for work)."""
         raise NotImplementedError
 
     async def close(self):

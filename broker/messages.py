@@ -120,7 +120,8 @@ def image_event(event, request_id, image=None, upload=None, error=None):
         body.update(image_id=image["id"], nickname=image["nickname"],
                     mime_type=image["mime_type"], width=image["width"],
                     height=image["height"], size=image["size"],
-                    url="/api/images/%s/content" % image["id"])
+                    url="/api/images/%s/content" % image["id"],
+                    duplicate=bool(image.get("duplicate")))
     if error is not None:
         body["error"] = error
     return json.dumps(body).encode()

@@ -1,6 +1,7 @@
 """The processor: upload messages in, validated images in the database, events out.
 
-For each upload: mark it ``processing``; validate it, orient it, read its EXIF
+For each upload: mark it ``processing`` and announce it (``image.processing``, for
+live pages); validate it, orient it, read its EXIF
 and make its thumbnails in the image executor (Pillow, off the IOLoop); store
 it with its thumbnails and mark it ``stored`` in one transaction; publish
 ``image.uploaded`` and wait for the broker's confirm; only then is the message
@@ -24,7 +25,8 @@ import asyncio
 import sys
 import logging
 
-from broker import DEAD_ROUTING_KEY, IMAGE_FAILED, IMAGE_UPLOADED, BrokerUnavailable
+from broker import (DEAD_ROUTING_KEY, IMAGE_FAILED, IMAGE_PROCESSING, IMAGE_UPLOADED,
+                    BrokerUnavailable)
 from broker.messages import (ATTEMPTS_HEADER, ERROR_HEADER, InvalidUpload, Upload,
                              recorded_nickname, usable_request_id)
 from consumers.base import Consumer
@@ -66,6 +68,7 @@ class Processor(Consumer):
                                    % (current["attempts"] - 1))
             return
 
+        await self.publish_event(IMAGE_PROCESSING, upload.request_id, upload=upload)
         try:
             processed = await asyncio.get_running_loop().run_in_executor(
                 self.context.image_executor, process, upload.data, self.settings)
@@ -93,7 +96,8 @@ class Processor(Consumer):
             image = await self.context.storage.get_image(current["image_id"])
             log.info("upload %s was stored before (redelivery); image %s",
                      upload.request_id, image["id"])
-            await self.publish_event(IMAGE_UPLOADED, upload.request_id, image=image)
+            await self.publish_event(IMAGE_UPLOADED, upload.request_id,
+                                     image=dict(image, duplicate=current["duplicate"]))
         else:
             log.info("upload %s ended failed before (redelivery): %s", upload.request_id,
                      current["error"])

@@ -10,6 +10,7 @@ import secrets
 import tornado.web
 
 from handlers.base import NotFoundHandler
+from handlers.events import MAX_MESSAGE_SIZE, PING_INTERVAL, EventsHandler
 from handlers.failed import FailedListHandler, RequeueHandler
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.html import StaticHandler
@@ -32,6 +33,7 @@ def web_routes(context):
         (r"/api/images/([0-9]{1,18})", ImageHandler, deps),
         (r"/api/images/([0-9]{1,18})/content", ImageContentHandler, deps),
         (r"/api/images/([0-9]{1,18})/thumbnail", ThumbnailHandler, deps),
+        (r"/api/events", EventsHandler, deps),
         (r"/api/failed", FailedListHandler, deps),
         (r"/api/failed/([0-9a-zA-Z-]{1,64})/requeue", RequeueHandler, deps),
         (r"/healthz", HealthHandler, deps),
@@ -83,4 +85,6 @@ def make_app(context):
         xsrf_cookies=True,
         cookie_secret=cookie_secret(context.config),
         log_function=log_request,
+        websocket_ping_interval=PING_INTERVAL,
+        websocket_max_message_size=MAX_MESSAGE_SIZE,
     )
