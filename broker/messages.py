@@ -109,6 +109,13 @@ def event_message_id(event, request_id):
     return "%s:%s" % (event, request_id)
 
 
+def deletion_event(image_id, nickname, request_id):
+    """``(message_id, body)`` of ``image.deleted``: the same id on every publish of it."""
+    body = {"event": "image.deleted", "image_id": image_id, "nickname": nickname,
+            "request_id": request_id}
+    return event_message_id("image.deleted", image_id), json.dumps(body).encode()
+
+
 def image_event(event, request_id, image=None, upload=None, error=None):
     """The JSON body of a notification, from a stored image or a failed upload."""
     body = {"event": event, "request_id": request_id, "image_id": None,

@@ -32,7 +32,7 @@ from broker.messages import (ATTEMPTS_HEADER, ERROR_HEADER, InvalidUpload, Uploa
 from consumers.base import Consumer
 from imaging import InvalidImage
 from imaging.process import ImagingSettings, process
-from storage import FAILED, REFUSED, STORED, NewImage
+from storage import DELETED, FAILED, REFUSED, STORED, NewImage
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Processor(Consumer):
             return
 
         current = await storage.mark_processing(upload.request_id, upload.nickname)
-        if current["status"] in (REFUSED, STORED, FAILED):
+        if current["status"] in (REFUSED, STORED, FAILED, DELETED):
             await self.finished_before(upload, current)
             return
         if current["attempts"] > self.context.config.max_attempts:
@@ -82,6 +82,10 @@ class Processor(Consumer):
             upload.nickname, processed.mime_type, processed.data, processed.width,
             processed.height, processed.sha256, processed.taken_at, processed.camera,
             processed.thumbnails))
+        if image is None:
+            log.info("upload %s: its image was deleted meanwhile; not stored again",
+                     upload.request_id)
+            return
         log.info("upload %s stored as image %s (%s, %dx%d, %d bytes%s)", upload.request_id,
                  image["id"], image["mime_type"], image["width"], image["height"], image["size"],
                  ", a duplicate" if image["duplicate"] else "")
@@ -90,10 +94,14 @@ class Processor(Consumer):
     async def finished_before(self, upload, current):
         """A redelivered upload that already ended: publish its final event again
         (its message id is the same, so listeners drop the repeat), nothing more."""
-        if current["status"] == REFUSED:
-            log.info("upload %s was refused at upload (503), dropped", upload.request_id)
-        elif current["status"] == STORED:
+        status, image = current["status"], None
+        if status == STORED:  # None if the image was deleted since
             image = await self.context.storage.get_image(current["image_id"])
+        if status == REFUSED:
+            log.info("upload %s was refused at upload (503), dropped", upload.request_id)
+        elif status == DELETED or (status == STORED and image is None):
+            log.info("upload %s: its image was deleted; not stored again", upload.request_id)
+        elif status == STORED:
             log.info("upload %s was stored before (redelivery); image %s",
                      upload.request_id, image["id"])
             await self.publish_event(IMAGE_UPLOADED, upload.request_id,

@@ -14,6 +14,7 @@ from handlers.events import MAX_MESSAGE_SIZE, PING_INTERVAL, EventsHandler
 from handlers.failed import FailedListHandler, RequeueHandler
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.html import StaticHandler
+from handlers.login import LoginHandler, LogoutHandler
 from handlers.images import (ImageContentHandler, ImageHandler, ImagesHandler,
                              ThumbnailHandler, UploadStatusHandler)
 from handlers.pages import GalleryHandler, IndexHandler, PhotoHandler, UploadPageHandler
@@ -42,6 +43,8 @@ def web_routes(context):
         (r"/gallery", GalleryHandler, deps),
         (r"/photos/([0-9]{1,18})", PhotoHandler, deps),
         (r"/uploads/([0-9a-zA-Z-]{1,64})", UploadPageHandler, deps),
+        (r"/login", LoginHandler, deps),
+        (r"/logout", LogoutHandler, deps),
         # the seed's routes (its POST / is IndexHandler's)
         (r"/images/([^/]+)", NicknameImagesHandler, deps),
         (r"/dbtype", DbTypeHandler, deps),

@@ -27,6 +27,7 @@ class EventHub:
 
     def __init__(self):
         self.clients = set()
+        self.listeners = []  # functions of the process that act on events (the cache's)
 
     def on_message(self, message):
         try:
@@ -37,6 +38,8 @@ class EventHub:
             return
         if not isinstance(event, dict):
             return
+        for listener in self.listeners:
+            listener(event)
         for client in list(self.clients):
             client.send(event, text)
 

@@ -5,12 +5,17 @@ import base64
 import hashlib
 import re
 
-from cache import CachedImage, content_key, thumbnail_key
+from broker import IMAGE_DELETED, BrokerUnavailable
+from broker.messages import deletion_event
+from cache import CachedImage, content_key, forget_image, thumbnail_key
 from handlers.base import ApiError, BaseHandler
 from handlers.upload import UploadHandler
 from logs import set_request_id
 
-IMMUTABLE = "public, max-age=31536000, immutable"
+# The bytes under one id never change, but a deleted image should leave the caches
+# of browsers and proxies that kept it: a day, not a year.
+IMMUTABLE = "public, max-age=86400, immutable"
+RETRY_AFTER = 5
 # Image bytes are never a document: no script, no plugin, no same-origin rights.
 BYTES_POLICY = "default-src 'none'; sandbox"
 DEFAULT_LIMIT, MAX_LIMIT = 24, 100
@@ -131,7 +136,9 @@ class UploadStatusHandler(BaseHandler):
 
 
 class ImageHandler(BaseHandler):
-    """``GET /api/images/{id}``: an image's metadata."""
+    """``GET /api/images/{id}``: an image's metadata; ``DELETE``: remove it (operator)."""
+
+    operator_methods = ("DELETE",)
 
     async def get(self, image_id):
         image = await self.context.storage.get_image(int(image_id))
@@ -139,9 +146,44 @@ class ImageHandler(BaseHandler):
             raise not_found(image_id)
         self.write_json(image_json(image, self.config.thumbnail_sizes))
 
+    async def delete(self, image_id):
+        self.require_operator()
+        if not await delete_image(self.context, int(image_id)):
+            raise not_found(image_id)
+        self.set_status(204)
+        self.finish()
+
+
+async def delete_image(context, image_id):
+    """Remove an image everywhere: the database (image, thumbnails, a tombstone, its
+    uploads ``deleted``), the cache, and, through the confirmed ``image.deleted``
+    event, every web process's memory.  False if there is no such image.
+
+    Should the event not be confirmed, the caller answers 503 and the tombstone
+    remembers it: the same DELETE sent again announces it, and only then is a
+    further DELETE a 404."""
+    storage = context.storage
+    image = await storage.delete_image(image_id)
+    if image is None:
+        image = await storage.deleted_image(image_id)
+        if image is None or image["announced"]:
+            return False
+    await forget_image(context.cache, image_id, context.config.thumbnail_sizes)
+    broker = context.broker
+    message_id, body = deletion_event(image_id, image["nickname"], image["request_id"])
+    try:
+        await broker.publish(broker.topology.events_exchange, IMAGE_DELETED, body,
+                             message_id=message_id, content_type="application/json")
+    except BrokerUnavailable:
+        raise ApiError(503, "deleted, but not yet announced",
+                       "the image is deleted; send the same DELETE again so that every "
+                       "web node hears of it", retry_after=RETRY_AFTER) from None
+    await storage.mark_deletion_announced(image_id)
+    return True
+
 
 class ImmutableBytesHandler(BaseHandler):
-    """Bytes that never change once stored: ETag, 304 and a year of caching."""
+    """Bytes that never change once stored: ETag, 304 and a day of caching."""
 
     content_security_policy = BYTES_POLICY
 

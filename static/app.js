@@ -506,12 +506,39 @@
   function PhotoPage(article) {
     var id = parseInt(article.getAttribute("data-photo-id"), 10);
     live.on(function (event) {
-      if (event.event === "image.deleted" && event.image_id === id &&
-          !article.querySelector(".deleted-note")) {
-        article.classList.add("deleted");
-        article.insertBefore(el("p", "deleted-note", "This photo has been deleted."),
-                             article.firstChild);
+      if (event.event === "image.deleted" && event.image_id === id) { deleted(); }
+    });
+    function deleted() {
+      if (article.querySelector(".deleted-note")) { return; }
+      article.classList.add("deleted");
+      article.insertBefore(el("p", "deleted-note", "This photo has been deleted."),
+                           article.firstChild);
+    }
+    // The operator's button (shown when signed in): a second click confirms.
+    var button = article.querySelector("button.delete");
+    if (!button) { return; }
+    button.addEventListener("click", function () {
+      if (!button.classList.contains("confirm")) {
+        button.classList.add("confirm");
+        button.textContent = "Click again to delete it for good";
+        return;
       }
+      button.disabled = true;
+      fetch(button.getAttribute("data-delete-url"), {
+        method: "DELETE", credentials: "same-origin",
+        headers: {"X-XSRFToken": button.getAttribute("data-xsrf"), Accept: "application/json"}
+      }).then(function (response) {
+        if (response.status === 204 || response.status === 404) {
+          button.parentNode.remove();
+          deleted();
+          return;
+        }
+        return response.json().catch(function () { return {}; }).then(function (body) {
+          button.disabled = false;
+          button.textContent = "Not deleted (" + (body.error || "HTTP " + response.status) +
+                               "); click to try again";
+        });
+      });
     });
   }
 
