@@ -1,8 +1,6 @@
-"""The two message contracts (DESIGN.md, README "Messages").
-
-Upload: exchange ``image-processing``, routing key ``image-processing-queue``,
-the raw image bytes as body, ``message_id`` = request id, ``content_type`` = the
-sniffed mime type, persistent, headers ``nickname``, ``filename``, ``size``.
+"""The notification contract (DESIGN.md, README "Message contracts"), and the
+headers the processor adds to an upload it retries or dead-letters.  (The upload
+message itself is ``uploads.Upload``.)
 
 Notification: exchange ``photo-app``, routing key = the event name, a JSON body
 with ``event``, ``image_id``, ``request_id``, ``nickname``, ``mime_type``,
@@ -12,69 +10,10 @@ for one upload carries one id.
 """
 
 import json
-from dataclasses import dataclass
 
-MAX_NICKNAME = 100
 # Headers the processor adds when an upload goes to a retry or dead-letter queue.
 ATTEMPTS_HEADER = "x-attempts"  # attempts that failed so far
 ERROR_HEADER = "x-error"        # why the last one failed
-
-
-class InvalidUpload(ValueError):
-    """An upload message (or form) that can never be processed."""
-
-
-# Characters that reorder the text around them (bidirectional overrides and isolates).
-BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def has_control_characters(text):
-    """C0 and C1 controls, DEL, and bidirectional overrides: never in a nickname."""
-    return any(ord(ch) < 32 or 127 <= ord(ch) < 160 or ch in BIDI_CONTROLS for ch in text)
-
-
-def clean_nickname(value):
-    """The nickname trimmed, or InvalidUpload: required, 1-100 characters."""
-    nickname = (value or "").strip()
-    if not nickname:
-        raise InvalidUpload("nickname is required")
-    if len(nickname) > MAX_NICKNAME:
-        raise InvalidUpload("nickname is longer than %d characters" % MAX_NICKNAME)
-    if has_control_characters(nickname):
-        raise InvalidUpload("nickname contains control characters")
-    return nickname
-
-
-@dataclass
-class Upload:
-    request_id: str
-    nickname: str
-    filename: str
-    mime_type: str
-    data: bytes
-
-    def publish_args(self):
-        """Keyword arguments for ``Broker.publish`` (after exchange and routing key)."""
-        return dict(body=self.data, message_id=self.request_id, content_type=self.mime_type,
-                    headers={"nickname": self.nickname, "filename": self.filename,
-                             "size": len(self.data)})
-
-    @classmethod
-    def from_message(cls, message):
-        """Read an upload message; InvalidUpload if it breaks the contract."""
-        if not message.message_id:
-            raise InvalidUpload("the message has no message_id (the request id)")
-        headers = message.headers or {}
-        nickname = headers.get("nickname")
-        if isinstance(nickname, bytes):
-            nickname = nickname.decode("utf-8", "replace")
-        filename = headers.get("filename") or ""
-        if isinstance(filename, bytes):
-            filename = filename.decode("utf-8", "replace")
-        upload = cls(message.message_id, "", filename, message.content_type or "",
-                     message.body)
-        upload.nickname = clean_nickname(nickname)
-        return upload
 
 
 def event_message_id(event, request_id):

@@ -8,6 +8,7 @@ import os
 import secrets
 
 import tornado.web
+from tornado.log import access_log
 
 from handlers.base import NotFoundHandler
 from handlers.failed import FailedListHandler, RequeueHandler
@@ -55,6 +56,17 @@ def cookie_secret(config):
     return secrets.token_hex(32)
 
 
+def log_request(handler):
+    """The access log line, with the request id (``X-Request-Id``) where there is one."""
+    status = handler.get_status()
+    write = access_log.info if status < 400 else access_log.warning if status < 500 \
+        else access_log.error
+    request = handler.request
+    write("%d %s %s (%s) %.2fms request %s", status, request.method, request.uri,
+          request.remote_ip, 1000.0 * request.request_time(),
+          getattr(handler, "request_id", "-"))
+
+
 def make_app(context):
     return tornado.web.Application(
         web_routes(context),
@@ -67,4 +79,5 @@ def make_app(context):
         # routes (uploads, /sniff-mime, operator routes) override check_xsrf_cookie.
         xsrf_cookies=True,
         cookie_secret=cookie_secret(context.config),
+        log_function=log_request,
     )

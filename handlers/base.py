@@ -1,6 +1,14 @@
-"""What every handler shares: the context, JSON errors and JSON answers."""
+"""What every handler shares: the context, JSON errors and JSON answers, and a
+request id.
+
+Every request gets an id (``X-Request-Id`` on the answer, on its access log
+line, and on every log line about it; an upload's is its request id).  Clients
+get faults in plain words; what the driver or broker said goes to the log under
+that id, never into an answer.
+"""
 
 import json
+import uuid
 
 import tornado.web
 from tornado.log import app_log
@@ -11,12 +19,16 @@ from storage import StorageError
 class ApiError(tornado.web.HTTPError):
     """An error answered as ``{"error": ..., "detail": ...}`` with ``status``."""
 
-    def __init__(self, status, error, detail=None, retry_after=None):
+    def __init__(self, status, error, detail=None, retry_after=None, fields=None):
         super().__init__(status, reason=None)
         self.error = error
         self.detail = detail
         self.retry_after = retry_after
+        self.fields = fields or {}  # more of the JSON answer (a 504's status_url)
 
+
+# What a client is told about a database fault (the driver's words are logged).
+DATABASE_DOWN = "the database is not answering; try again in a few seconds"
 
 # Pages load scripts and styles from static/ only: no inline script can run.
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -27,6 +39,13 @@ PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
 class BaseHandler(tornado.web.RequestHandler):
     # Sent with every answer; handlers of raw bytes send a stricter one.
     content_security_policy = PAGE_POLICY
+    _request_id = None
+
+    @property
+    def request_id(self):
+        if self._request_id is None:
+            self._request_id = uuid.uuid4().hex
+        return self._request_id
 
     def initialize(self, context):
         self.context = context
@@ -43,6 +62,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Security-Policy", self.content_security_policy)
+        self.set_header("X-Request-Id", self.request_id)
 
     def check_xsrf_cookie(self):
         # A method this handler does not serve is answered 405 (or the unknown
@@ -57,8 +77,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ, value, tb):
         if isinstance(value, StorageError):
-            app_log.warning("%s %s: database unavailable: %s", self.request.method,
-                            self.request.path, value)
+            app_log.warning("request %s: %s %s: database unavailable: %s", self.request_id,
+                            self.request.method, self.request.path, value)
             return
         super().log_exception(typ, value, tb)
 
@@ -73,14 +93,16 @@ class BaseHandler(tornado.web.RequestHandler):
         self.clear_header("Content-Disposition")
         self.set_status(status_code)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps({"error": error, "detail": detail}))
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        fields = exc.fields if isinstance(exc, ApiError) else {}
+        self.finish(json.dumps({"error": error, "detail": detail, **fields}))
 
     def error_fields(self, status_code, kwargs):
         """``(status, error, detail)`` for the exception in ``write_error``'s kwargs
         (setting ``Retry-After`` when it asks for one)."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, StorageError):
-            status_code, error, detail = 503, "database unavailable", str(exc)
+            status_code, error, detail = 503, "database unavailable", DATABASE_DOWN
             self.set_header("Retry-After", "5")
         elif isinstance(exc, ApiError):
             error, detail = exc.error, exc.detail

@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from tornado.escape import xhtml_escape
 
-from broker.messages import InvalidUpload, clean_nickname
+from uploads import InvalidUpload, clean_nickname
 from handlers.upload import MULTIPART_OVERHEAD
 from tests.conftest import free_port
 from tests.helpers import make_image, post_upload, wait_for_upload
