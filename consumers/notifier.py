@@ -9,9 +9,9 @@ webhook and e-mail actions are further entries in ``ACTIONS``.
 import asyncio
 import json
 import logging
-import sys
 
 from broker.messages import event_message_id
+from consumers import run_role
 from consumers.base import Consumer
 
 log = logging.getLogger(__name__)
@@ -61,5 +61,4 @@ class Notifier(Consumer):
 
 
 if __name__ == "__main__":
-    import server
-    server.main(["--role=notifier", *sys.argv[1:]])
+    run_role("notifier")

@@ -19,11 +19,11 @@ without another try.
 """
 
 import asyncio
-import sys
 import logging
 
 from broker import DEAD_ROUTING_KEY, IMAGE_FAILED, IMAGE_UPLOADED, BrokerUnavailable
 from broker.messages import ATTEMPTS_HEADER, ERROR_HEADER
+from consumers import run_role
 from consumers.base import Consumer
 from imaging import InvalidImage
 from imaging.process import ImagingSettings, process
@@ -119,5 +119,4 @@ class Processor(Consumer):
 
 
 if __name__ == "__main__":
-    import server
-    server.main(["--role=processor", *sys.argv[1:]])
+    run_role("processor")
