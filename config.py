@@ -40,6 +40,9 @@ class Config:
     amqp_prefix: str = ""
     cache_prefix: str = "photo-app:"
     max_upload_bytes: int = 16 * MIB
+    # Upload bodies (their Content-Length) received at once, per web process;
+    # past it an upload is answered 503 before its body is read.
+    max_inflight_upload_bytes: int = 256 * MIB
     prefetch: int = 4
     confirm_timeout: float = 10.0
     shutdown_timeout: float = 15.0
@@ -274,6 +277,8 @@ _SETTINGS = [
     ("--cache-prefix", "CACHE_PREFIX", "cache_prefix", str, "prefix for cache keys"),
     ("--max-upload-bytes", "MAX_UPLOAD_BYTES", "max_upload_bytes", int,
      "largest accepted image file"),
+    ("--max-inflight-upload-bytes", "MAX_INFLIGHT_UPLOAD_BYTES", "max_inflight_upload_bytes",
+     int, "upload bodies received at once (web role); past it, 503"),
     ("--prefetch", "PREFETCH", "prefetch", int, "unacked messages per consumer"),
     ("--confirm-timeout", "CONFIRM_TIMEOUT", "confirm_timeout", float,
      "seconds to wait for the broker's publish confirm"),

@@ -5,12 +5,14 @@ import base64
 import hashlib
 import re
 
+import tornado.web
+
 from broker import IMAGE_DELETED, BrokerUnavailable
 from broker.messages import deletion_event
 from cache import CachedImage, content_key, forget_image, thumbnail_key
 from handlers.base import ApiError, BaseHandler
-from handlers.upload import UploadHandler
-from logs import set_request_id
+from handlers.upload import REFUSED_WORDS, UploadBody, accept_upload, queued
+from storage import REFUSED
 
 # The bytes under one id never change, but a deleted image should leave the caches
 # of browsers and proxies that kept it: a day, not a year.
@@ -107,10 +109,30 @@ async def list_page(storage, nickname="", cursor="", limit=DEFAULT_LIMIT):
     return images[:limit], next_cursor
 
 
-class ImagesHandler(UploadHandler):
-    """``/api/images``: ``POST`` is the upload (UploadHandler); ``GET`` lists
+def public_upload(upload):
+    """An upload's status as its uploader sees it.  A dead letter's reason may
+    quote a driver: the uploader gets plain words, the operator the reason in
+    full (``GET /api/failed``)."""
+    if upload["status"] == REFUSED:
+        return dict(upload, error=REFUSED_WORDS)
+    if upload["dead_lettered"]:
+        return dict(upload, error="it could not be processed after %d attempts; it is kept "
+                    "for an operator to send again" % upload["attempts"])
+    return upload
+
+
+@tornado.web.stream_request_body
+class ImagesHandler(UploadBody, BaseHandler):
+    """``/api/images``: ``POST`` is the upload (multipart ``nickname`` and
+    ``image_data``), answered 202 once the broker has it; ``GET`` lists
     ``{"images": [...], "next_cursor"}`` newest first, with ``nickname``,
     ``limit`` (default 24, at most 100) and ``cursor`` from the query."""
+
+    async def post(self):
+        upload = self.read_upload()
+        if upload is not None:
+            await accept_upload(self.context, upload)
+            self.write_json(queued(upload.request_id), status=202)
 
     async def get(self):
         limit = parse_limit(self.get_query_argument("limit", None))
@@ -126,13 +148,13 @@ class UploadStatusHandler(BaseHandler):
     """``GET /api/uploads/{request_id}``: where an upload is in its life."""
 
     async def get(self, request_id):
-        set_request_id(request_id)
+        self.request_id = request_id
         upload = await self.context.storage.get_upload(request_id)
         if upload is None:
             raise ApiError(404, "unknown upload", "no upload has request id %s" % request_id)
         if upload["image_id"] is not None:
             upload["image_url"] = "/api/images/%s" % upload["image_id"]
-        self.write_json(upload)
+        self.write_json(public_upload(upload))
 
 
 class ImageHandler(BaseHandler):

@@ -6,10 +6,13 @@ static/app.js adds the progress bars, live statuses and live grids on top.
 
 import urllib.parse
 
+import tornado.web
+
 from handlers.base import ApiError, BaseHandler
 from handlers.html import HtmlPage
-from handlers.images import DEFAULT_LIMIT, list_page, not_found, parse_limit
-from handlers.seed import SeedUploadHandler
+from handlers.images import DEFAULT_LIMIT, list_page, not_found, parse_limit, public_upload
+from handlers.seed import answer_received
+from handlers.upload import UploadBody, accept_upload
 from storage import DELETED, FAILED, REFUSED, STORED
 
 RECENT = 12  # images on the upload page
@@ -23,9 +26,17 @@ class PageHandler(HtmlPage, BaseHandler):
     pass
 
 
-class IndexHandler(SeedUploadHandler):
-    """``GET /``: the upload page, with the most recent images.  (``POST /`` is
-    the seed's form upload, inherited; the page's form posts there without JS.)"""
+@tornado.web.stream_request_body
+class IndexHandler(UploadBody, PageHandler):
+    """``GET /``: the upload page, with the most recent images.  ``POST /``: the
+    seed's form upload (the page's form posts there without JavaScript), answered
+    as the seed did (``handlers.seed.answer_received``); errors as a page."""
+
+    async def post(self):
+        upload = self.read_upload()
+        if upload is not None:
+            await accept_upload(self.context, upload)
+            answer_received(self, upload)
 
     async def get(self):
         recent = await self.context.storage.list_images(limit=RECENT)
@@ -68,5 +79,5 @@ class UploadPageHandler(PageHandler):
         upload = await self.context.storage.get_upload(request_id)
         if upload is None:
             raise ApiError(404, "unknown upload", "no upload has request id %s" % request_id)
-        self.render("upload.html", upload=upload,
+        self.render("upload.html", upload=public_upload(upload),
                     final=upload["status"] in (STORED, FAILED, REFUSED, DELETED))

@@ -9,7 +9,6 @@ with the reason, unless REQUIRE_SERVICES=1, where it fails them.
 import asyncio
 import itertools
 import os
-import socket
 import sys
 import uuid
 
@@ -25,6 +24,7 @@ from config import Config  # noqa: E402
 from context import close_context, open_context  # noqa: E402
 from handlers import make_app  # noqa: E402
 from server import start_consumers  # noqa: E402
+from tests.processes import free_port  # noqa: E402,F401  (tests import it from here)
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -57,12 +57,6 @@ def require(service, check):
         if REQUIRE_SERVICES:
             pytest.fail(reason + " (REQUIRE_SERVICES=1)")
         pytest.skip(reason)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- per-service namespaces ----------------------------------------------------
