@@ -33,7 +33,8 @@ def make_broker(request, broker_kind):
     """Build (not start) a broker of this test's kind, in a namespace of its own."""
     def make(url=None, **kwargs):
         if broker_kind == "memory":
-            return MemoryBroker(Topology(conftest.unique_name() + "."))
+            path = request.getfixturevalue("tmp_path") / "broker.db"
+            return MemoryBroker(Topology(conftest.unique_name() + "."), str(path))
         prefix = request.getfixturevalue("amqp_prefix")
         return RabbitMQBroker(Topology(prefix), url or conftest.AMQP_URL, **kwargs)
     return make
@@ -230,8 +231,8 @@ async def test_publish_before_start_or_after_close_is_refused(make_broker):
 # -- in-process broker only ------------------------------------------------------
 
 @pytest.mark.gen_test(timeout=30)
-async def test_memory_broker_round_robins_between_consumers():
-    broker = MemoryBroker(Topology(conftest.unique_name() + "."))
+async def test_memory_broker_round_robins_between_consumers(tmp_path):
+    broker = MemoryBroker(Topology(conftest.unique_name() + "."), str(tmp_path / "broker.db"))
     queue = broker.topology.upload_queue
     first, second = [], []
     async with running(broker):
