@@ -82,6 +82,8 @@ class _Queue:
 
 
 class MemoryBroker(Broker):
+    clock = staticmethod(time.time)  # the wall clock of due times (a test may move it)
+
     def __init__(self, topology, path=":memory:", confirm_timeout=10.0):
         super().__init__(topology)
         self.path = path
@@ -219,7 +221,7 @@ class MemoryBroker(Broker):
             if mandatory:
                 raise BrokerUnavailable("no queue is bound to %s/%s" % (exchange, routing_key))
             return
-        now = time.time()
+        now = self.clock()
         queues = [(name, None if self._queues[name].spec.ttl is None
                    else now + self._queues[name].spec.ttl) for name in names]
         row = (routing_key, message_id, content_type, json.dumps(headers or {}), bytes(body))
@@ -268,7 +270,7 @@ class MemoryBroker(Broker):
         self._queues[name].ready.append(entry)
         if entry.due is not None:
             asyncio.get_running_loop().call_later(
-                max(entry.due - time.time(), 0), self._expire, name, entry)
+                max(entry.due - self.clock(), 0), self._expire, name, entry)
         self._schedule(name)
 
     def _schedule(self, name):
@@ -349,7 +351,7 @@ class MemoryBroker(Broker):
             ids = await self._write(self._move, entry.id, targets, routing_key)
         except Exception as exc:
             log.error("in-process broker: could not move a message on from %s: %s", name, exc)
-            entry.due = time.time() + RETRY_DELAY
+            entry.due = self.clock() + RETRY_DELAY
             if self._open:
                 self._enqueue(name, entry)
             return
