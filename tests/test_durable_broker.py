@@ -1,9 +1,16 @@
 """The in-process broker is durable: its queues live in a SQLite file, so what
 was published survives the broker being closed and opened again on the file,
 delivered but unsettled messages come back marked redelivered, and delays run
-on across a restart.  (Real processes killed mid-burst: tests/test_durable_demo.py.)"""
+on across a restart; and the demo itself (``python server.py`` on embedded
+defaults, held in flight by gates: tests/gated_server.py) killed in the middle of
+a burst of uploads stores every upload it answered 202 exactly once after a restart."""
 
 import asyncio
+import collections
+import http.client
+import itertools
+import re
+import signal
 import sqlite3
 import threading
 
@@ -12,7 +19,9 @@ import pytest
 from broker import UPLOAD_ROUTING_KEY, Topology
 from broker.memory import MemoryBroker
 from tests import conftest
-from tests.helpers import eventually
+from tests.helpers import eventually, make_image
+from tests.processes import (WEB_READY, no_traceback, process_env, upload, wait_all_stored,
+                             wait_until)
 
 HEADERS = {"nickname": "alice", "filename": "photo.png", "size": 7}
 DELAY = 3600  # a delay no test waits for: the tests move the broker's clock instead
@@ -146,3 +155,145 @@ async def test_concurrent_publishes_share_a_commit_made_off_the_ioloop(reopen):
     assert len(rows(broker)) == 50
     # Published together, they were committed together (one fsync), never on the loop.
     assert batches == [(50, False)]
+
+
+# -- the demo as a real process, killed in the middle of a burst ----------------------
+
+BURST = 30        # uploads the clients try to send
+KILL_AFTER = 12   # uploads answered 202 before the signal
+CLIENTS = 4
+PREFETCH, IMAGE_WORKERS = 4, 2
+STORED_FIRST = 2  # images the gate lets through before the signal (their events are held)
+
+
+class Burst:
+    """``BURST`` distinct uploads sent by ``CLIENTS`` threads, going on until all were
+    tried, whatever happens to the server meanwhile."""
+
+    def __init__(self, port):
+        self.port = port
+        self.accepted = []                    # request ids answered 202
+        self.others = collections.Counter()   # any other outcome: a status or an error
+        self._lock = threading.Lock()
+        self._numbers = iter(range(BURST))
+        self._threads = [threading.Thread(target=self._send) for _ in range(CLIENTS)]
+        for thread in self._threads:
+            thread.start()
+
+    def _send(self):
+        while True:
+            with self._lock:
+                n = next(self._numbers, None)
+            if n is None:
+                return
+            data = make_image("PNG", size=(16, 12), color=(n, 255 - n, 7))
+            try:
+                code, body = upload(self.port, data, nickname="burst")
+            except (OSError, http.client.HTTPException) as exc:
+                code = type(exc).__name__
+            with self._lock:
+                if code == 202:
+                    self.accepted.append(body["request_id"])
+                else:
+                    self.others[code] += 1
+
+    def join(self):
+        for thread in self._threads:
+            thread.join()
+
+
+def db_state(path):
+    """(images per request id, upload statuses, {message_id: delivered} of the upload queue)."""
+    conn = sqlite3.connect(path)
+    try:
+        images = collections.Counter(r for (r,) in conn.execute("SELECT request_id FROM images"))
+        statuses = dict(conn.execute("SELECT request_id, status FROM uploads"))
+        kept = dict(conn.execute("SELECT message_id, delivered FROM broker_messages "
+                                 "WHERE queue = ?", (Topology().upload_queue,)))
+        return images, statuses, kept
+    finally:
+        conn.close()
+
+
+def kept_on_close(log):
+    [kept] = re.findall(r"in-process broker: closed; (\d+) message\(s\) kept", log)
+    return int(kept)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_demo_killed_mid_burst_stores_every_accepted_upload_once(spawn, tmp_path, signum):
+    db, gates = tmp_path / "db" / "photos.db", tmp_path / "gates"
+    gates.mkdir()
+    (gates / "uploads").write_text(str(KILL_AFTER))
+    (gates / "images").write_text(str(STORED_FIRST))
+    port = conftest.free_port()
+    env = process_env(SQLITE_DB_PATH=db, PHOTO_APP_TEST_GATES=gates, PREFETCH=PREFETCH,
+                      IMAGE_WORKERS=IMAGE_WORKERS, SHUTDOWN_TIMEOUT=2)
+    args = ["-m", "tests.gated_server", "--port", str(port)]
+    first = spawn("first", args, env, ready=WEB_READY)
+
+    # The burst: KILL_AFTER uploads answered 202, the next ones held as they arrive,
+    # the processor held full (two stored with their events held, two in the image
+    # gate) and the rest of the accepted waiting in the broker; then the signal.
+    burst = Burst(port)
+
+    def held():
+        log = first.log()
+        return (log.count("gate: upload held") == CLIENTS
+                and log.count("gate: event held") == STORED_FIRST
+                and log.count("gate: image held") == PREFETCH - STORED_FIRST
+                and len(burst.accepted) == KILL_AFTER)
+    wait_until(held, 30, lambda: "not held as expected with %d accepted: %s"
+               % (len(burst.accepted), first.describe()))
+    first.popen.send_signal(signum)
+    if signum == signal.SIGTERM:
+        # Uploads in progress are still answered while the server shuts down.
+        first.wait_for_log("SIGTERM: shutting down")
+        (gates / "uploads").write_text("open")
+        # Shutdown gives up on the held messages after SHUTDOWN_TIMEOUT and leaves
+        # them, with all those not yet delivered, in the file: with the gates still shut.
+        log = first.wait_for_log("kept for the next start")
+        assert "Processor: waiting for %d message(s) in flight" % PREFETCH in log
+        (gates / "images").write_text("open")  # the held image threads may end now
+        assert first.wait() == 0, first.describe()
+        assert first.log().rstrip().endswith("stopped") and no_traceback(first.log())
+    else:
+        first.wait()
+    burst.join()
+    accepted = list(burst.accepted)
+
+    images, statuses, kept = db_state(db)
+    assert set(images) <= set(kept), "stored but not acked: still in the broker"
+    assert len(images) == STORED_FIRST
+    assert [r for r in accepted if r not in kept] == [], "an accepted upload was lost"
+    assert sum(kept.values()) == PREFETCH, "the held deliveries are marked delivered"
+    if signum == signal.SIGTERM:
+        assert kept_on_close(first.log()) == len(kept)
+
+    # The next start resumes them; open the gates and every 202 ends stored, once.
+    (gates / "uploads").write_text("open")
+    (gates / "images").write_text(str(STORED_FIRST))
+    second = spawn("second", args, env, ready=WEB_READY + ("%d message(s) resumed" % len(kept),))
+    (gates / "images").write_text("open")
+    (gates / "events").touch()
+    final = wait_all_stored(port, accepted, timeout=60)
+    assert {final[r]["status"] for r in accepted} == {"stored"}
+    wait_until(lambda: db_state(db)[2] == {}, 30, lambda: "upload messages not all acked: %s"
+               % db_state(db)[2])
+    assert second.stop() == 0, second.describe()
+    assert no_traceback(second.log()), second.log()
+    assert kept_on_close(second.log()) == 0
+
+    images, statuses, kept = db_state(db)
+    assert [r for r in accepted if images[r] != 1] == []
+    assert max(images.values()) == 1
+    assert [r for r in accepted if statuses[r] != "stored"] == []
+    absorbed = second.log().count("was stored before (redelivery)")
+    assert absorbed == STORED_FIRST
+    unanswered = [r for r in statuses if r not in accepted]
+    print("%s: %d sent, %d accepted (202), other outcomes %s; after the restart %d stored "
+          "(%d of them not answered 202), %d duplicates absorbed, unanswered uploads left "
+          "%s" % (signal.Signals(signum).name, BURST, len(accepted), dict(burst.others),
+                  len(images), len(set(images) - set(accepted)), absorbed,
+                  dict(collections.Counter(statuses[r] for r in unanswered
+                                           if r not in images))))
