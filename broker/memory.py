@@ -301,20 +301,23 @@ class MemoryBroker(Broker):
         except Exception as exc:
             log.error("in-process broker: could not read messages of %s: %s", name, exc)
             rows = None
+        taken = [] if rows is None or not self._open else [
+            (consumer, entry) for consumer, entry in batch
+            if consumer in queue.consumers and entry.id in rows]  # (a row gone: not ours)
         for consumer, entry in reversed(batch):
-            if not (rows is not None and self._open and consumer in queue.consumers):
-                consumer.unsettled -= 1  # not delivered: back to the queue's front
-                queue.ready.appendleft(entry)
+            if (consumer, entry) not in taken:
+                consumer.unsettled -= 1
+                if rows is None or entry.id in rows:
+                    queue.ready.appendleft(entry)  # not delivered: back to the queue's front
         if rows is None:
             asyncio.get_running_loop().call_later(RETRY_DELAY, self._dispatch, name)
             return
-        for consumer, entry in batch:
-            if self._open and consumer in queue.consumers:  # as decided just above
-                routing_key, message_id, content_type, headers, body = rows[entry.id]
-                message = Message(body, routing_key, message_id, content_type,
-                                  json.loads(headers), redelivered=entry.redelivered)
-                message.settle = self._settler(name, consumer, entry)
-                consumer.on_message(message)
+        for consumer, entry in taken:
+            routing_key, message_id, content_type, headers, body = rows[entry.id]
+            message = Message(body, routing_key, message_id, content_type, json.loads(headers),
+                              redelivered=entry.redelivered)
+            message.settle = self._settler(name, consumer, entry)
+            consumer.on_message(message)
         self._schedule(name)
 
     def _settler(self, name, consumer, entry):

@@ -16,8 +16,9 @@ import threading
 
 import pytest
 
-from broker import UPLOAD_ROUTING_KEY, Topology
+from broker import UPLOAD_ROUTING_KEY, Topology, open_broker
 from broker.memory import MemoryBroker
+from config import load_config
 from tests import conftest
 from tests.helpers import eventually, make_image
 from tests.processes import (WEB_READY, no_traceback, process_env, upload, wait_all_stored,
@@ -155,6 +156,19 @@ async def test_concurrent_publishes_share_a_commit_made_off_the_ioloop(reopen):
     assert len(rows(broker)) == 50
     # Published together, they were committed together (one fsync), never on the loop.
     assert batches == [(50, False)]
+
+
+@pytest.mark.parametrize("environ,where", [
+    ({"SQLITE_DB_PATH": "/srv/photos.db"}, "/srv/photos.db"),
+    ({"DATABASE_URL": "postgresql://postgres@db/photo_app"}, "<repo>/data/broker.db"),
+    ({"DATABASE_URL": "postgresql://postgres@db/photo_app", "BROKER_DB_PATH": "/var/q.db"},
+     "/var/q.db"),
+    ({"SQLITE_DB_PATH": "/srv/photos.db", "BROKER_DB_PATH": "/var/q.db"}, "/var/q.db"),
+], ids=["sqlite", "postgres", "postgres-chosen", "sqlite-chosen"])
+def test_the_broker_file_is_the_sqlite_database_or_one_of_its_own(environ, where):
+    config = load_config([], environ)
+    assert config.embedded_broker_path == where.replace("<repo>", conftest.ROOT)
+    assert open_broker(config).path == config.embedded_broker_path
 
 
 # -- the demo as a real process, killed in the middle of a burst ----------------------
