@@ -50,6 +50,19 @@ async def publish(broker, n, exchange=None, routing_key=UPLOAD_ROUTING_KEY):
                          headers=HEADERS, mandatory=True)
 
 
+async def drain(broker, queue, count):
+    """Receive ``count`` messages of ``queue``, ack them and close the broker; its file
+    holds no message then.  The messages, in the order they came."""
+    received = []
+    broker.consume(queue, received.append, prefetch=10)
+    await eventually(lambda: len(received) == count)
+    for message in received:
+        message.ack()
+    await broker.close()
+    assert rows(broker) == []
+    return received
+
+
 def rows(broker):
     """(queue, message_id, delivered) of every row, read beside the broker."""
     conn = sqlite3.connect(broker.path)
@@ -72,16 +85,10 @@ async def test_published_messages_are_on_disk_and_delivered_after_a_reopen(reope
 
     broker = await reopen()
     assert broker.depth(queue) == 3
-    received = []
-    broker.consume(queue, received.append, prefetch=10)
-    await eventually(lambda: len(received) == 3)
+    received = await drain(broker, queue, 3)
     assert [(m.message_id, m.body, m.content_type, m.headers, m.redelivered)
             for m in received] == [("req-%d" % n, b"body %d" % n, "image/png", HEADERS, False)
                                    for n in range(3)]
-    for message in received:
-        message.ack()
-    await broker.close()
-    assert rows(broker) == []
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -101,16 +108,9 @@ async def test_unsettled_messages_come_back_redelivered_and_settled_ones_do_not(
     await broker.close()
     assert [message_id for _, message_id, _ in rows(broker)] == ["req-2", "req-3", "req-4"]
 
-    broker = await reopen()
-    again = []
-    broker.consume(queue, again.append, prefetch=10)
-    await eventually(lambda: len(again) == 3)
+    again = await drain(await reopen(), queue, 3)
     assert [(m.message_id, m.redelivered) for m in again] == [
         ("req-2", True), ("req-3", True), ("req-4", False)]
-    for message in again:
-        message.ack()
-    await broker.close()
-    assert rows(broker) == []
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -130,14 +130,9 @@ async def test_a_delay_runs_on_across_a_restart_and_then_dead_letters_onwards(re
     # Reopened after it is due: it moves on to the work queue as a fresh delivery.
     clock = broker.clock
     broker = await reopen(clock=lambda: clock() + DELAY + 1)
-    received = []
-    broker.consume(topology.upload_queue, received.append, prefetch=1)
-    [message] = await eventually(lambda: received)
+    [message] = await drain(broker, topology.upload_queue, 1)
     assert (message.message_id, message.body, message.headers, message.redelivered) == (
         "req-1", b"body 1", HEADERS, False)
-    message.ack()
-    await broker.close()
-    assert rows(broker) == []
 
 
 @pytest.mark.gen_test(timeout=30)
