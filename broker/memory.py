@@ -209,8 +209,6 @@ class MemoryBroker(Broker):
         self._open = True
         if rows:
             log.info("in-process broker: %d message(s) resumed from the last run", len(rows))
-        for name in self._queues:
-            self._schedule(name)
 
     async def publish(self, exchange, routing_key, body, *, message_id=None,
                       content_type=None, headers=None, mandatory=False):
