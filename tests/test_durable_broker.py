@@ -2,7 +2,7 @@
 was published survives the broker being closed and opened again on the file,
 delivered but unsettled messages come back marked redelivered, and delays run
 on across a restart; and the demo itself (``python server.py`` on embedded
-defaults, held in flight by gates: tests/gated_server.py) killed in the middle of
+defaults, held in flight by gates: tests/gated.py) killed in the middle of
 a burst of uploads stores every upload it answered 202 exactly once after a restart."""
 
 import asyncio
@@ -20,6 +20,7 @@ from broker import UPLOAD_ROUTING_KEY, Topology, open_broker
 from broker.memory import MemoryBroker
 from config import load_config
 from tests import conftest
+from tests.gated import Gate
 from tests.helpers import eventually, make_image
 from tests.processes import (WEB_READY, no_traceback, process_env, upload, wait_all_stored,
                              wait_until)
@@ -240,14 +241,15 @@ def kept_on_close(log):
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
                          ids=["SIGKILL", "SIGTERM", "SIGINT"])
 def test_demo_killed_mid_burst_stores_every_accepted_upload_once(spawn, tmp_path, signum):
-    db, gates = tmp_path / "db" / "photos.db", tmp_path / "gates"
-    gates.mkdir()
-    (gates / "uploads").write_text(str(KILL_AFTER))
-    (gates / "images").write_text(str(STORED_FIRST))
+    db = tmp_path / "db" / "photos.db"
+    upload_gate, image_gate, event_gate = (Gate(tmp_path / point, point)
+                                           for point in ("uploads", "images", "events"))
+    upload_gate.allow(KILL_AFTER)
+    image_gate.allow(STORED_FIRST)
     port = conftest.free_port()
-    env = process_env(SQLITE_DB_PATH=db, PHOTO_APP_TEST_GATES=gates, PREFETCH=PREFETCH,
-                      IMAGE_WORKERS=IMAGE_WORKERS, SHUTDOWN_TIMEOUT=4)
-    args = ["-m", "tests.gated_server", "--port", str(port)]
+    env = process_env(SQLITE_DB_PATH=db, PREFETCH=PREFETCH, IMAGE_WORKERS=IMAGE_WORKERS,
+                      SHUTDOWN_TIMEOUT=4)
+    args = upload_gate.command("--port", str(port), also=(image_gate, event_gate))
     first = spawn("first", args, env, ready=WEB_READY)
 
     # The burst: KILL_AFTER uploads answered 202, the next ones held as they arrive,
@@ -256,23 +258,22 @@ def test_demo_killed_mid_burst_stores_every_accepted_upload_once(spawn, tmp_path
     burst = Burst(port)
 
     def held():
-        log = first.log()
-        return (log.count("gate: upload held") == CLIENTS
-                and log.count("gate: event held") == STORED_FIRST
-                and log.count("gate: image held") == PREFETCH - STORED_FIRST
+        return (upload_gate.entered() == KILL_AFTER + CLIENTS
+                and image_gate.entered() == PREFETCH and event_gate.entered() == STORED_FIRST
                 and len(burst.accepted) == KILL_AFTER)
-    wait_until(held, 30, lambda: "not held as expected with %d accepted: %s"
-               % (len(burst.accepted), first.describe()))
+    wait_until(held, 30, lambda: "not held as expected: %d accepted, %d/%d/%d at the gates: %s"
+               % (len(burst.accepted), upload_gate.entered(), image_gate.entered(),
+                  event_gate.entered(), first.describe()))
     first.popen.send_signal(signum)
     if signum != signal.SIGKILL:  # SIGINT is Ctrl-C
         # Uploads in progress are still answered while the server shuts down.
         first.wait_for_log("%s: shutting down" % signal.Signals(signum).name)
-        (gates / "uploads").write_text("open")
+        upload_gate.open()
         # Shutdown gives up on the held messages after SHUTDOWN_TIMEOUT and leaves
         # them, with all those not yet delivered, in the file: with the gates still shut.
         log = first.wait_for_log("kept for the next start")
         assert "Processor: waiting for %d message(s) in flight" % PREFETCH in log
-        (gates / "images").write_text("open")  # the held image threads may end now
+        image_gate.open()  # the held image threads may end now
         assert first.wait() == 0, first.describe()
         assert first.log().rstrip().endswith("stopped") and no_traceback(first.log())
     else:
@@ -289,11 +290,9 @@ def test_demo_killed_mid_burst_stores_every_accepted_upload_once(spawn, tmp_path
         assert kept_on_close(first.log()) == len(kept)
 
     # The next start resumes them; open the gates and every 202 ends stored, once.
-    (gates / "uploads").write_text("open")
-    (gates / "images").write_text(str(STORED_FIRST))
     second = spawn("second", args, env, ready=WEB_READY + ("%d message(s) resumed" % len(kept),))
-    (gates / "images").write_text("open")
-    (gates / "events").touch()
+    for gate in (upload_gate, image_gate, event_gate):
+        gate.open()
     final = wait_all_stored(port, accepted, timeout=60)
     assert {final[r]["status"] for r in accepted} == {"stored"}
     wait_until(lambda: messages_in(db) == 0, 30, "messages left in the broker (events?)")
