@@ -3,8 +3,9 @@
 It keeps RabbitMQ's semantics where the code depends on them: direct
 exchanges routing by key to bound queues, per-consumer prefetch, manual
 ack/nack with requeue and the ``redelivered`` flag, round-robin between
-consumers, ``mandatory`` publishes of unroutable messages refused, and delay
-queues whose messages move on to their dead-letter route once their TTL is up.
+consumers, ``mandatory`` publishes of unroutable messages refused, delay
+queues whose messages move on to their dead-letter route once their TTL is up,
+and subscriptions (``subscribe``: live updates, heard at once, never stored).
 
 Every message is a row of the table ``broker_messages`` (in the app's SQLite
 database, or a file of its own, see ``Config.embedded_broker_path``):
@@ -100,6 +101,7 @@ class MemoryBroker(Broker):
         self._pending = []     # [(fn, args, future)] for the next group commit
         self._flushing = None  # the task running group commits
         self._tasks = set()    # deliveries and delay moves in progress
+        self._subscribers = {}  # (exchange, routing key) -> [on_message]
 
     @property
     def ready(self):
@@ -112,6 +114,12 @@ class MemoryBroker(Broker):
     def depth(self, queue):
         """Messages waiting in ``queue`` (not counting delivered, unsettled ones)."""
         return len(self._queues[queue].ready)
+
+    async def peek(self, queue):
+        """The messages waiting in ``queue``, in order, left where they are."""
+        ids = [entry.id for entry in self._queues[queue].ready]
+        rows = await self._in_thread(self._read, self._conn, ids)
+        return [self._message(rows[row_id]) for row_id in ids if row_id in rows]
 
     # -- the SQLite thread ------------------------------------------------------
 
@@ -177,13 +185,23 @@ class MemoryBroker(Broker):
                 for name, due in queues]
 
     @staticmethod
-    def _take(conn, ids):
-        """Mark rows delivered and read them: {id: (routing key, ..., body)}."""
-        marks = ",".join("?" * len(ids))
-        conn.execute("UPDATE broker_messages SET delivered = 1 WHERE id IN (%s)" % marks, ids)
+    def _read(conn, ids):
+        """{id: (routing key, message id, content type, headers, body)} of these rows."""
         rows = conn.execute("SELECT id, %s FROM broker_messages WHERE id IN (%s)"
-                            % (COLUMNS, marks), ids).fetchall()
+                            % (COLUMNS, ",".join("?" * len(ids))), ids).fetchall()
         return {row[0]: row[1:] for row in rows}
+
+    def _take(self, conn, ids):
+        """Mark rows delivered and read them."""
+        conn.execute("UPDATE broker_messages SET delivered = 1 WHERE id IN (%s)"
+                     % ",".join("?" * len(ids)), ids)
+        return self._read(conn, ids)
+
+    @staticmethod
+    def _message(row, redelivered=False):
+        routing_key, message_id, content_type, headers, body = row
+        return Message(body, routing_key, message_id, content_type, json.loads(headers),
+                       redelivered=redelivered)
 
     @staticmethod
     def _delete(conn, row_id):
@@ -215,9 +233,14 @@ class MemoryBroker(Broker):
         if not self._open:
             raise BrokerUnavailable("the in-process broker is closed")
         names = self._bindings.get((exchange, routing_key), [])
+        subscribers = self._subscribers.get((exchange, routing_key), [])
+        if not names and not subscribers and mandatory:
+            raise BrokerUnavailable("no queue is bound to %s/%s" % (exchange, routing_key))
+        for on_message in subscribers:  # heard now or never: nothing of them is kept
+            asyncio.get_running_loop().call_soon(on_message, Message(
+                bytes(body), routing_key, message_id, content_type, dict(headers or {}),
+                settle=lambda ack, requeue: None))
         if not names:
-            if mandatory:
-                raise BrokerUnavailable("no queue is bound to %s/%s" % (exchange, routing_key))
             return
         now = self.clock()
         queues = [(name, None if self._queues[name].spec.ttl is None
@@ -245,6 +268,10 @@ class MemoryBroker(Broker):
 
     async def cancel(self, queue):
         self._queues[queue].consumers.clear()
+
+    def subscribe(self, exchange, routing_keys, on_message):
+        for key in routing_keys:
+            self._subscribers.setdefault((exchange, key), []).append(on_message)
 
     async def close(self):
         was_open, self._open = self._open, False
@@ -311,9 +338,7 @@ class MemoryBroker(Broker):
             asyncio.get_running_loop().call_later(RETRY_DELAY, self._dispatch, name)
             return
         for consumer, entry in taken:
-            routing_key, message_id, content_type, headers, body = rows[entry.id]
-            message = Message(body, routing_key, message_id, content_type, json.loads(headers),
-                              redelivered=entry.redelivered)
+            message = self._message(rows[entry.id], entry.redelivered)
             message.settle = self._settler(name, consumer, entry)
             consumer.on_message(message)
         self._schedule(name)

@@ -25,14 +25,16 @@ import time
 OPEN_ALL = 10 ** 9
 POLL = 0.01
 
-# Where a gate can hold calls: (module, function or Class.method).
+# Where a gate can hold calls: (module, function or Class.method, which calls it
+# holds: a test of the call's arguments, None for every call).
 POINTS = {
     # The processor's image work, in its image thread.
-    "images": ("consumers.processor", "process"),
+    "images": ("consumers.processor", "process", None),
     # An upload whose body was read, before anything of it is recorded or published.
-    "uploads": ("storage.sql", "SQLStorage.create_upload"),
-    # The processor's events: an upload stored, its message not yet acked.
-    "events": ("consumers.processor", "Processor.publish_event"),
+    "uploads": ("storage.sql", "SQLStorage.create_upload", None),
+    # The processor's image.uploaded events: an upload stored, its message not yet acked.
+    "uploaded": ("consumers.processor", "Processor.publish_event",
+                 lambda _consumer, event, *args, **kwargs: event == "image.uploaded"),
 }
 
 
@@ -82,7 +84,7 @@ def _allowed(directory):
 
 def install(point, directory):
     """Wrap the function at ``point`` so that each call waits for its turn."""
-    module, path = POINTS[point]
+    module, path, holds = POINTS[point]
     *owner_path, name = path.split(".")
     owner = importlib.import_module(module)
     for attribute in owner_path:
@@ -98,15 +100,17 @@ def install(point, directory):
         return turn
 
     def gated(*args, **kwargs):
-        turn = take_turn()
-        while _allowed(directory) < turn:
-            time.sleep(POLL)
+        if holds is None or holds(*args, **kwargs):
+            turn = take_turn()
+            while _allowed(directory) < turn:
+                time.sleep(POLL)
         return real(*args, **kwargs)
 
     async def gated_coroutine(*args, **kwargs):
-        turn = take_turn()
-        while _allowed(directory) < turn:
-            await asyncio.sleep(POLL)
+        if holds is None or holds(*args, **kwargs):
+            turn = take_turn()
+            while _allowed(directory) < turn:
+                await asyncio.sleep(POLL)
         return await real(*args, **kwargs)
     setattr(owner, name, gated_coroutine if asyncio.iscoroutinefunction(real) else gated)
 
