@@ -176,5 +176,4 @@ def open_storage(config):
         from storage.postgres import PostgresStorage
         return PostgresStorage(config.database_url, pool_size=config.db_pool_size)
     from storage.sqlite import SQLiteStorage
-    return SQLiteStorage(config.database_url[len("sqlite:///"):] or ":memory:",
-                         threads=config.db_pool_size)
+    return SQLiteStorage(config.sqlite_path, threads=config.db_pool_size)

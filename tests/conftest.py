@@ -124,6 +124,7 @@ def make_config(request, tmp_path, database, broker, cache, **overrides):
                     retry_delays=TEST_RETRY_DELAYS, max_attempts=3)
     if database == "postgres":
         config.database_url = request.getfixturevalue("postgres_url")
+        config.broker_db_path = str(tmp_path / "broker.db")  # the in-process broker's queues
     else:
         config.database_url = "sqlite:///" + str(tmp_path / "photo-app.db")
     if broker == "rabbitmq":
