@@ -29,8 +29,11 @@ class Config:
     address: str = ""
     # "sqlite:///path" or "postgresql://user:password@host:port/dbname"
     database_url: str = ""
-    # "memory" (the in-process broker) or "amqp://user:password@host:port/vhost"
+    # "memory" (the in-process broker) or "amqp://user:password@host:port/vhost",
+    # or several such URLs, comma-separated: the nodes of one RabbitMQ cluster
     amqp_url: str = "memory"
+    # "classic" or "quorum" (replicated across a cluster's nodes)
+    amqp_queue_type: str = "classic"
     # "memory", "none" or "redis://host:port/db"
     cache_url: str = "memory"
     # Prefixes keep several deployments (or test runs) apart on shared services.
@@ -71,6 +74,11 @@ class Config:
         return "memory" if self.amqp_url == "memory" else "rabbitmq"
 
     @property
+    def amqp_urls(self):
+        """The broker's node URLs, in the order they are tried."""
+        return [url.strip() for url in self.amqp_url.split(",") if url.strip()]
+
+    @property
     def cache_type(self):
         return self.cache_url.split(":", 1)[0]
 
@@ -85,6 +93,13 @@ class Config:
                 "role %s needs a real RabbitMQ: the in-process broker only connects "
                 "roles inside one process. Set AMQP_URL (or RABBITMQ_HOST), or run "
                 "--role=all." % ",".join(self.roles))
+        if self.broker_type == "rabbitmq" and (not self.amqp_urls or any(
+                url.split(":", 1)[0] not in ("amqp", "amqps") for url in self.amqp_urls)):
+            raise ConfigError("AMQP_URL must be 'memory' or amqp://... (several nodes of one "
+                              "cluster: comma-separated)")
+        if self.amqp_queue_type not in ("classic", "quorum"):
+            raise ConfigError("AMQP_QUEUE_TYPE must be classic or quorum; got %r"
+                              % self.amqp_queue_type)
         if self.cache_type not in ("memory", "none", "redis", "rediss"):
             raise ConfigError("REDIS_URL must be redis://..., 'memory' or 'none'; got %r"
                               % self.cache_url)
@@ -169,10 +184,13 @@ _SETTINGS = [
     ("--database-url", None, "database_url", str,
      "sqlite:///path or postgresql://... (env DATABASE_URL, or DB_TYPE/SQLITE_DB_PATH/PG*)"),
     ("--amqp-url", None, "amqp_url", str,
-     "amqp://... or 'memory' (env AMQP_URL, or RABBITMQ_HOST/RABBITMQ_PORT)"),
+     "amqp://... (a comma list for a cluster's nodes) or 'memory' "
+     "(env AMQP_URL, or RABBITMQ_HOST/RABBITMQ_PORT)"),
     ("--redis-url", None, "cache_url", str,
      "redis://host:port/db, 'memory' or 'none' (env REDIS_URL, or REDIS_HOST/PORT/DB)"),
     ("--amqp-prefix", "AMQP_PREFIX", "amqp_prefix", str, "prefix for exchange and queue names"),
+    ("--amqp-queue-type", "AMQP_QUEUE_TYPE", "amqp_queue_type", str,
+     "classic or quorum (replicated; for a RabbitMQ cluster)"),
     ("--cache-prefix", "CACHE_PREFIX", "cache_prefix", str, "prefix for cache keys"),
     ("--max-upload-bytes", "MAX_UPLOAD_BYTES", "max_upload_bytes", int,
      "largest accepted image file"),
