@@ -124,10 +124,10 @@ def fetch(port, method, path, body=None, headers=None, timeout=10):
         conn.close()
 
 
-def upload(port, data, nickname="alice", filename="photo.png"):
+def upload(port, data, nickname="alice", filename="photo.png", timeout=10):
     content_type, body = multipart({"nickname": nickname}, {"image_data": (filename, data)})
     status, _headers, body = fetch(port, "POST", "/api/images", body,
-                                  {"Content-Type": content_type})
+                                  {"Content-Type": content_type}, timeout=timeout)
     return status, (json.loads(body) if body else None)
 
 
