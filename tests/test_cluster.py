@@ -166,12 +166,13 @@ def test_processes_live_through_the_loss_of_their_node(
                     AMQP_QUEUE_TYPE="quorum", AMQP_PREFIX=prefix,
                     RETRY_DELAYS=",".join(str(d) for d in TEST_RETRY_DELAYS),
                     CONFIRM_TIMEOUT=30)
-    gate = tmp_path / "hold-publishes"
+    web_gate, processor_gate = tmp_path / "hold-web", tmp_path / "hold-processor"
     port = free_port()
-    web = spawn("web", ["-m", "tests.held_publishes", str(gate), "--role=web", "--port",
+    web = spawn("web", ["-m", "tests.held_publishes", str(web_gate), "--role=web", "--port",
                         str(port)], process_env(**settings), ready=WEB_READY + RABBIT_READY)
-    processor = spawn("processor", ["-m", "consumers.processor"], process_env(**settings),
-                      ready=RABBIT_READY)
+    processor = spawn("processor", ["-m", "tests.held_publishes", str(processor_gate),
+                                    "--role=processor"],
+                      process_env(**settings), ready=RABBIT_READY)
     notifier = spawn("notifier", ["-m", "consumers.notifier"], process_env(**settings),
                      ready=RABBIT_READY)
     procs = (web, processor, notifier)
@@ -188,9 +189,12 @@ def test_processes_live_through_the_loss_of_their_node(
     stopped_at = None
     try:
         stream.wait_for(lambda results: len(results) >= BEFORE_STOP, 60, "uploads before the stop")
-        # Hold what the web publishes, so uploads are unconfirmed when the node goes.
-        gate.touch()
-        web.wait_for_log("publish held")
+        # Hold what the processor publishes (the event of an upload it has just
+        # stored, so the upload stays unacked), then what the web publishes (so
+        # uploads are unconfirmed) when the node goes.
+        for proc, gate in ((processor, processor_gate), (web, web_gate)):
+            gate.touch()
+            proc.wait_for_log("publish held")
         stop_began = time.monotonic()
         node.stop()
         stopped_at = time.monotonic()  # the node's VM has exited
@@ -213,7 +217,7 @@ def test_processes_live_through_the_loss_of_their_node(
     accepted_again = min(answered for started, answered, status, _ in results
                          if started > first_refusal and status == 202)
     held = web.log().count("publish held")
-    assert held >= 1 and "gate closed" in web.log()
+    assert held >= 1 and "gate closed" in web.log() and "gate closed" in processor.log()
     # Each held upload was never confirmed: answered 503, never 202.
     assert refused_answers >= held
 
@@ -236,6 +240,9 @@ def test_processes_live_through_the_loss_of_their_node(
     processor_log = processor.log()
     absorbed = (processor_log.count("was stored before (redelivery)")
                 + processor_log.count("was refused at upload (503), dropped"))
+    # Each upload stored but not acked when the node went came again, and was
+    # absorbed: its image stored once (checked above), its event published.
+    assert processor_log.count("was stored before (redelivery)") >= 1, processor_log
     wait_until(lambda: not [r for r in accepted if r not in notifier.log()], 60,
                lambda: "no notification for %d stored uploads" % len(
                    [r for r in accepted if r not in notifier.log()]))
