@@ -18,7 +18,7 @@ from broker import Topology
 from broker.rabbitmq import RabbitMQBroker
 from config import ConfigError, load_config
 from tests.conftest import TEST_RETRY_DELAYS, amqp_connection, free_port, unique_name
-from tests.helpers import make_image
+from tests.helpers import eventually, make_image
 from tests.processes import RABBIT_READY, WEB_READY, no_traceback, process_env, upload, \
     wait_all_stored, wait_until
 from tests.rabbitmq_cluster import rabbitmq_cluster  # noqa: F401 (the fixture)
@@ -102,6 +102,24 @@ async def test_quorum_queues_are_declared_and_a_delay_queue_dead_letters_back(
             "%s.%s" % (topology.upload_queue, topology.retry_key(delay)), "expired")
     finally:
         await broker.close()
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_classic_deployment_does_not_turn_quorum_in_place(rabbitmq_cluster, caplog):  # noqa: F811
+    prefix = unique_name() + "."
+    classic = RabbitMQBroker(Topology(prefix, TEST_RETRY_DELAYS), rabbitmq_cluster.urls)
+    await classic.start()
+    await asyncio.wait_for(classic.connected.wait(), 30)
+    await classic.close()
+
+    quorum = RabbitMQBroker(Topology(prefix, TEST_RETRY_DELAYS, "quorum"), rabbitmq_cluster.urls)
+    await quorum.start()
+    try:
+        # The declare is refused, and the broker says why, on every attempt.
+        await eventually(lambda: "inequivalent arg 'x-queue-type'" in caplog.text, 30)
+        assert not quorum.ready
+    finally:
+        await quorum.close()
 
 
 # -- three processes, and their node stopped under a stream of uploads ---------------
