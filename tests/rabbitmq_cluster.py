@@ -83,8 +83,8 @@ class Node:
 
     def start(self):
         """Start the node in the background (see ``await_startup``): in the
-        foreground of a session of its own.  (Started by root with ``-detached``,
-        the nodes did not come up here: exit code 0, no log.)"""
+        foreground of a session of its own, its console output in console.log
+        (where ``-detached`` would keep nothing to read when it fails to boot)."""
         with open(os.path.join(self.folder, "console.log"), "ab") as console:
             self.process = subprocess.Popen(
                 ["rabbitmq-server"], env=self.environment(), stdin=subprocess.DEVNULL,
