@@ -7,6 +7,7 @@ The cluster is three real nodes started beside the machine's default one
 
 import asyncio
 import itertools
+import logging
 import re
 import threading
 import time
@@ -17,7 +18,8 @@ import pytest
 from broker import Topology
 from broker.rabbitmq import RabbitMQBroker
 from config import ConfigError, load_config
-from tests.conftest import TEST_RETRY_DELAYS, amqp_connection, free_port, unique_name
+from tests.conftest import AMQP_URL, TEST_RETRY_DELAYS, amqp_connection, free_port, \
+    unique_name
 from tests.helpers import eventually, make_image
 from tests.processes import RABBIT_READY, WEB_READY, no_traceback, process_env, upload, \
     wait_all_stored, wait_until
@@ -61,6 +63,23 @@ def test_quorum_arguments_of_each_queue():
         "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
     assert all(spec.amqp_arguments.get("x-queue-type") is None
                for spec in Topology("p.", (2,)).queues)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_first_node_that_answers_is_used(amqp_prefix, caplog):
+    caplog.set_level(logging.INFO, logger="broker.rabbitmq")
+    nobody = "amqp://guest:guest@127.0.0.1:%d/%%2F" % free_port()
+    broker = RabbitMQBroker(Topology(amqp_prefix), [nobody, AMQP_URL])
+    await broker.start()
+    try:
+        await asyncio.wait_for(broker.connected.wait(), 20)
+        assert broker.ready
+    finally:
+        await broker.close()
+    assert "rabbitmq unavailable at %s" % nobody.replace(":guest@", ":***@") in caplog.text
+    assert "rabbitmq connected to %s" % AMQP_URL.replace(":guest@", ":***@") in caplog.text
+    assert "reconnecting in" not in caplog.text  # the next node was tried at once
+    assert "guest:guest" not in caplog.text
 
 
 # -- quorum queues on the cluster --------------------------------------------------
