@@ -54,8 +54,8 @@ def test_every_url_is_redacted_in_the_description():
 
 def test_quorum_arguments_of_each_queue():
     topology = Topology("p.", (2,), "quorum")
-    work, retry, dead, notifications = topology.queues
-    for spec in (work, dead, notifications):
+    work, retry, dead, notifications, parked = topology.queues
+    for spec in (work, dead, notifications, parked):
         assert spec.amqp_arguments == {"x-queue-type": "quorum"}
     assert retry.amqp_arguments == {
         "x-queue-type": "quorum", "x-message-ttl": 2000,
