@@ -5,18 +5,26 @@ Used to refuse polyglots (a valid image with an archive, a document or markup
 glued on) and, when a deployment asks for it, to strip EXIF/GPS from the stored
 original: JPEG keeps its compressed scans byte for byte and gets a minimal EXIF
 block holding only the orientation; PNG loses its text and eXIf chunks; WebP its
-EXIF and XMP chunks.  Other formats are left as they are.
+EXIF and XMP chunks.  Other formats are left as they are (HEIF and AVIF keep
+their EXIF and XMP items inside the coded data's box, located by offsets that
+would all have to be rewritten).
 """
 
 import re
 import struct
+import zlib
 
 from PIL import ExifTags, Image
 
-# How the things that must not ride along behind an image begin.
-FOREIGN = re.compile(rb"PK\x03\x04|%PDF-|Rar!\x1a\x07|7z\xbc\xaf\x27\x1c|\x7fELF|MZ|\x1f\x8b|<")
-# Markup that turns an image into an image/HTML (or script) polyglot.
-MARKUP = re.compile(rb"<\s*(script|html|body|svg|iframe|object|embed|\?php|!doctype)", re.I)
+# Markup a browser would run, were it ever to take the file for a page: a script,
+# an HTML document, frames and plug-ins, SVG with script (an element or an event
+# handler), PHP.  Not XML as such: XMP and Apple's property lists
+# (``<!DOCTYPE plist ...>``) are metadata that cameras and phones write.
+MARKUP = re.compile(rb"<(?:script|html|iframe|object|embed)[\s/>]|<!doctype\s+html|<\?(?:php|=)"
+                    rb"|<svg\b[^>]{0,4096}[\s/]on[a-z]+\s*=", re.I)
+MARKUP_REASON = "the file's metadata carries HTML or script markup"
+# Archives that unpackers find by their (long) signature wherever it is.
+SIGNED_ARCHIVES = re.compile(rb"Rar!\x1a\x07[\x00\x01]|7z\xbc\xaf\x27\x1c\x00[\x02-\x04]")
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
@@ -108,6 +116,24 @@ def riff_chunks(data):
     return chunks, end
 
 
+def bmff_boxes(data):
+    """``(boxes, end)`` for a HEIF or AVIF file (ISO base media): ``(type, start,
+    end)`` per top-level box, and where the last whole box ends."""
+    boxes, pos = [], 0
+    while pos + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        header = 8
+        if size == 1 and pos + 16 <= len(data):  # a 64-bit size follows
+            size, header = struct.unpack(">Q", data[pos + 8:pos + 16])[0], 16
+        elif size == 0:  # the last box, to the end of the file
+            size = len(data) - pos
+        if size < header or pos + size > len(data):
+            break
+        boxes.append((kind, pos, pos + size))
+        pos += size
+    return boxes, pos
+
+
 def layout(data, mime):
     """``(end, regions)``: where the image data ends (None where the container
     does not say) and the parts of the file that are not pixel data (headers,
@@ -128,37 +154,101 @@ def layout(data, mime):
         extensions = []
         end = gif_end(data, extensions)
         return end, [data[:4096]] + [data[start:stop] for start, stop in extensions]
+    if mime in ("image/heic", "image/heif", "image/avif"):  # every box but the coded data
+        boxes, end = bmff_boxes(data)
+        return end, [data[start:stop] for kind, start, stop in boxes if kind != b"mdat"]
     if mime == "image/bmp":
         return (struct.unpack("<I", data[2:6])[0] if len(data) >= 6 else None), [data[:4096]]
     return None, [data[:4096]]
 
 
 def foreign_trailer(trailer):
-    """True when what follows the image is a document, an archive, a program or
-    markup.  Phones append further pictures (multi-picture JPEGs, HDR gain maps)
-    and motion-photo videos behind a JPEG: those are media, and stay."""
-    head = trailer.lstrip(b"\x00\t\r\n ")
-    if not head:
-        return False
+    """What follows the image, when it holds together as a document, an archive,
+    a program or markup (else None).  A lone signature is not enough: cameras and
+    phones write their own trailers (maker data, Samsung's SEF blocks, padding),
+    and append further pictures (multi-picture JPEGs, HDR gain maps) and
+    motion-photo videos: those are photos, and stay."""
     if MARKUP.search(trailer):
-        return True
-    # ZIP and PDF readers look at the end of a file, wherever the rest starts.
-    if b"PK\x05\x06" in trailer[-65557:] or b"%%EOF" in trailer[-1024:]:
-        return True
-    if head.startswith(b"\xff\xd8\xff") or head[4:8] == b"ftyp":
+        return "HTML or script"
+    if _zip_entries(trailer):
+        return "a ZIP archive"
+    if re.search(rb"%PDF-\d\.\d", trailer[:1 << 20]) and b"%%EOF" in trailer[-1024:]:
+        return "a PDF document"
+    if SIGNED_ARCHIVES.search(trailer[:1 << 20]):
+        return "a RAR or 7z archive"
+    head = trailer.lstrip(b"\x00")
+    if _elf_header(head) or _pe_header(head):
+        return "a program"
+    if _gzip_member(head):
+        return "a gzip archive"
+    return None
+
+
+def _zip_entries(data):
+    """True when an end-of-central-directory record (ZIP readers look for it at
+    the end) points at a central directory whose first entry points at a local
+    file header, as ``zipfile`` finds them, also behind a prefix."""
+    eocd = data.rfind(b"PK\x05\x06", max(0, len(data) - 65557))
+    if eocd < 0 or eocd + 22 > len(data):
         return False
-    return FOREIGN.match(head) is not None
+    entries, cd_size, cd_offset = struct.unpack("<6xHII", data[eocd + 4:eocd + 20])
+    cd_start = eocd - cd_size
+    if entries == 0 or cd_start < 0 or data[cd_start:cd_start + 4] != b"PK\x01\x02" \
+            or cd_start + 46 > len(data):
+        return False
+    if cd_offset == 0xFFFFFFFF:  # ZIP64: the central directory itself is enough
+        return True
+    local = cd_start - cd_offset + struct.unpack("<I", data[cd_start + 42:cd_start + 46])[0]
+    return 0 <= local and data[local:local + 4] == b"PK\x03\x04"
+
+
+def _elf_header(data):
+    """An ELF header whose identification and sizes agree."""
+    if len(data) < 64 or not data.startswith(b"\x7fELF"):
+        return False
+    bits, order, version = data[4], data[5], data[6]
+    if bits not in (1, 2) or order not in (1, 2) or version != 1:
+        return False
+    endian = "<" if order == 1 else ">"
+    kind, = struct.unpack(endian + "H", data[16:18])
+    file_version, = struct.unpack(endian + "I", data[20:24])
+    header_size, = struct.unpack(endian + "H", data[40:42] if bits == 1 else data[52:54])
+    return 1 <= kind <= 4 and file_version == 1 and header_size == (52 if bits == 1 else 64)
+
+
+def _pe_header(data):
+    """A DOS stub whose ``e_lfanew`` points at a PE header with a known optional
+    header."""
+    if len(data) < 64 or not data.startswith(b"MZ"):
+        return False
+    pe, = struct.unpack("<I", data[60:64])
+    if pe < 64 or data[pe:pe + 4] != b"PE\x00\x00":
+        return False
+    return data[pe + 24:pe + 26] in (b"\x0b\x01", b"\x0b\x02")  # PE32, PE32+
+
+
+def _gzip_member(data):
+    """A whole gzip member: header, a deflate stream that ends, CRC and length."""
+    if len(data) < 18 or not data.startswith(b"\x1f\x8b\x08") or data[3] & 0xE0:
+        return False
+    stream = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    try:
+        stream.decompress(data, 1 << 20)
+    except zlib.error:
+        return False
+    return stream.eof or len(stream.unconsumed_tail) > 0  # ended, or a megabyte so far
 
 
 def polyglot_reason(data, mime):
     """Why ``data`` is more than one image, or None."""
     end, regions = layout(data, mime)
-    if end is not None and end < len(data) and foreign_trailer(data[end:]):
-        return ("%d bytes of another format follow the end of the %s data"
-                % (len(data) - end, mime))
+    trailer = foreign_trailer(data[end:]) if end is not None and end < len(data) else None
+    if trailer:
+        return ("%d bytes of another format (%s) follow the end of the %s data"
+                % (len(data) - end, trailer, mime))
     for region in regions:
         if MARKUP.search(region):
-            return "the file's metadata carries HTML or script markup"
+            return MARKUP_REASON
     return None
 
 
