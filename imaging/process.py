@@ -4,7 +4,8 @@ One decode serves every step.  The header is read first and the image refused
 before any pixel is decoded when it is too large (a decompression bomb that
 declares 100,000 x 100,000 pixels costs nothing).  A JPEG is then decoded at a
 reduced size (``draft``: libjpeg scales by 1/2, 1/4 or 1/8 while decoding) just
-large enough for the largest thumbnail; the decode still reads the whole file,
+large enough for the largest thumbnail (a HEIF, from an embedded thumbnail when it
+has one that large); the decode still reads the whole file,
 so a truncated or corrupt image fails here.  Each smaller thumbnail is made from
 the previous one.  Thumbnails carry no metadata at all (no EXIF, no GPS).
 
