@@ -5,9 +5,8 @@ Used to refuse polyglots (a valid image with an archive, a document or markup
 glued on) and, when a deployment asks for it, to strip EXIF/GPS from the stored
 original: JPEG keeps its compressed scans byte for byte and gets a minimal EXIF
 block holding only the orientation; PNG loses its text and eXIf chunks; WebP its
-EXIF and XMP chunks.  Other formats are left as they are (HEIF and AVIF keep
-their EXIF and XMP items inside the coded data's box, located by offsets that
-would all have to be rewritten).
+EXIF and XMP chunks; HEIF and AVIF their EXIF and XMP items, blanked in place.
+Other formats are left as they are.
 """
 
 import re
@@ -116,22 +115,99 @@ def riff_chunks(data):
     return chunks, end
 
 
-def bmff_boxes(data):
-    """``(boxes, end)`` for a HEIF or AVIF file (ISO base media): ``(type, start,
-    end)`` per top-level box, and where the last whole box ends."""
-    boxes, pos = [], 0
-    while pos + 8 <= len(data):
+def bmff_boxes(data, start=0, stop=None):
+    """``(boxes, end)`` for a HEIF or AVIF file (ISO base media), or the boxes
+    inside one from ``start`` to ``stop``: ``(type, start, end)`` per box, and
+    where the last whole box ends."""
+    boxes, pos, stop = [], start, len(data) if stop is None else stop
+    while pos + 8 <= stop:
         size, kind = struct.unpack(">I4s", data[pos:pos + 8])
         header = 8
-        if size == 1 and pos + 16 <= len(data):  # a 64-bit size follows
+        if size == 1 and pos + 16 <= stop:  # a 64-bit size follows
             size, header = struct.unpack(">Q", data[pos + 8:pos + 16])[0], 16
-        elif size == 0:  # the last box, to the end of the file
-            size = len(data) - pos
-        if size < header or pos + size > len(data):
+        elif size == 0:  # the last box, to the end
+            size = stop - pos
+        if size < header or pos + size > stop:
             break
         boxes.append((kind, pos, pos + size))
         pos += size
     return boxes, pos
+
+
+def bmff_metadata_items(data):
+    """``[(kind, start, end)]``: where the bytes of each EXIF (``b"Exif"``) and XMP
+    (``b"xmp"``) item of a HEIF or AVIF file lie, from its ``meta`` box (item
+    types from ``iinf``, places from ``iloc``, in the file or in ``idat``)."""
+    top, _ = bmff_boxes(data)
+    meta = next(((start, end) for kind, start, end in top if kind == b"meta"), None)
+    if meta is None:
+        return []
+    children = {kind: (start, end) for kind, start, end in
+                bmff_boxes(data, meta[0] + 12, meta[1])[0]}  # meta is a full box
+    kinds = _item_kinds(data, *children.get(b"iinf", (0, 0)))
+    idat = children.get(b"idat", (0, 0))[0] + 8
+    return [(kinds[item], start, end)
+            for item, start, end in _item_extents(data, *children.get(b"iloc", (0, 0)), idat)
+            if item in kinds and 0 <= start < end <= len(data)]
+
+
+def _item_kinds(data, start, end):
+    """{item id: b"Exif" or b"xmp"} from an ``iinf`` box."""
+    kinds = {}
+    if end - start < 14:
+        return kinds
+    first = start + (14 if data[start + 8] == 0 else 16)  # entry count: 16 or 32 bits
+    for kind, entry, entry_end in bmff_boxes(data, first, end)[0]:
+        version = data[entry + 8]
+        if kind != b"infe" or version < 2 or entry_end - entry < 20:
+            continue
+        id_size = 2 if version == 2 else 4
+        item = int.from_bytes(data[entry + 12:entry + 12 + id_size], "big")
+        item_type = data[entry + 14 + id_size:entry + 18 + id_size]
+        names = data[entry + 18 + id_size:entry_end].split(b"\x00")  # item name, content type
+        if item_type == b"Exif":
+            kinds[item] = b"Exif"
+        elif item_type == b"mime" and names[1:2] == [b"application/rdf+xml"]:
+            kinds[item] = b"xmp"
+    return kinds
+
+
+def _item_extents(data, start, end, idat):
+    """``[(item id, start, end)]`` per extent of an ``iloc`` box that lies in the
+    file (construction method 0) or in ``idat`` (method 1)."""
+    if end - start < 16:
+        return []
+    version = data[start + 8]
+    pos = start + 12
+
+    def number(size):
+        nonlocal pos
+        value = int.from_bytes(data[pos:pos + size], "big")
+        pos += size
+        return value
+
+    sizes = number(2)
+    offset_size, length_size = sizes >> 12, (sizes >> 8) & 15
+    base_size, index_size = (sizes >> 4) & 15, sizes & 15 if version else 0
+    if not length_size:  # no lengths: nothing to find (and no bytes read per extent)
+        return []
+    extents = []
+    for _ in range(number(2 if version < 2 else 4)):
+        if pos > end:
+            break
+        item = number(2 if version < 2 else 4)
+        method = number(2) & 15 if version else 0
+        number(2)  # data reference index
+        base = number(base_size)
+        for _ in range(number(2)):
+            if pos > end:
+                break
+            number(index_size)
+            offset, length = number(offset_size), number(length_size)
+            if method in (0, 1) and length:
+                at = base + offset + (idat if method == 1 else 0)
+                extents.append((item, at, at + length))
+    return extents
 
 
 def layout(data, mime):
@@ -262,6 +338,8 @@ def strip_metadata(data, mime):
         return data[:8] + b"".join(data[s:e] for kind, s, e in chunks if kind not in drop)
     if mime == "image/webp":
         return _strip_webp(data)
+    if mime in ("image/heic", "image/heif", "image/avif"):
+        return _strip_bmff(data)
     return data
 
 
@@ -289,6 +367,24 @@ def _strip_jpeg(data):
         position = 1 if kept and kept[0][1] == 0xE0 else 0  # after JFIF's APP0
         kept.insert(position, app1)
     return data[:2] + b"".join(kept) + data[scan_start:]
+
+
+# An EXIF item with no tags: the 4-byte offset of its TIFF header, then a TIFF
+# header whose first directory is empty.
+EMPTY_EXIF_ITEM = b"\x00\x00\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x00\x00\x00\x00\x00"
+
+
+def _strip_bmff(data):
+    """HEIF/AVIF: each EXIF item overwritten with an empty one and each XMP item
+    with spaces (XMP's own padding), in place: every offset in the file stays
+    right, the coded pixels are not touched.  The picture needs no EXIF
+    orientation: it is turned by the irot and imir boxes."""
+    stripped = bytearray(data)
+    for kind, start, end in bmff_metadata_items(data):
+        filler = EMPTY_EXIF_ITEM if kind == b"Exif" and end - start >= 18 else b""
+        stripped[start:end] = filler + (b" " if kind == b"xmp" else b"\x00") * (
+            end - start - len(filler))
+    return bytes(stripped)
 
 
 def _strip_webp(data):

@@ -200,15 +200,28 @@ def test_a_sequence_gives_its_first_or_primary_image():
     assert ImageStat.Stat(ImageChops.difference(thumb, primary)).mean[0] < 8
 
 
-@pytest.mark.parametrize("folder,name", [("heif", "L_exif_xmp_iptc.heic"),
-                                         ("avif", "exif.avif")])
-def test_strip_metadata_keeps_heif_and_avif_as_they_are(folder, name):
-    """As the README says: their EXIF and XMP stay (only thumbnails lose them)."""
+@pytest.mark.parametrize("folder,name,secrets", [
+    ("heif", "iphone_13_pro_max.heic", [b"iPhone 13 Pro Max", b"2022:02:16", b"<x:xmpmeta"]),
+    ("heif", "L_exif_xmp_iptc.heic", [b"ILCE-7SM3", b"2020:09:14", b"xmpmeta"]),
+    ("avif", "exif.avif", [b"Exif\x00\x00MM\x00*"]),
+])
+def test_strip_metadata_blanks_heif_and_avif_exif_and_xmp_in_place(folder, name, secrets):
     data = read(folder, name)
+    for secret in secrets:
+        assert secret in data
     result = process(data, STRIP)
-    assert result.data == data
-    for thumb in result.thumbnails:
-        assert len(decode(thumb.data).getexif()) == 0 and b"Exif" not in thumb.data
+    stored = result.data
+    assert len(stored) == len(data) and stored != data  # in place: every offset holds
+    assert result.sha256 == hashlib.sha256(stored).hexdigest()
+    for secret in secrets:
+        assert secret not in stored
+    with Image.open(io.BytesIO(stored)) as kept, Image.open(io.BytesIO(data)) as original:
+        assert len(kept.getexif()) == 0 and not kept.getexif().get_ifd(0x8825)
+        assert kept.tobytes() == original.tobytes()  # the same pixels, the same way up
+    assert (result.camera, result.taken_at) == CAMERAS.get(name, (None, None))  # read first
+    again = process(stored, DEFAULT)
+    assert (again.width, again.height) == (result.width, result.height)
+    assert (again.camera, again.taken_at) == (None, None)
 
 
 def test_apple_property_list_in_xmp_is_not_markup():
@@ -297,6 +310,24 @@ async def test_real_files_are_stored_and_thumbnailed_by_the_app(http_client, bas
                 assert_upright(thumb.body, reference)
         if name.startswith("iphone"):
             assert (meta["width"], meta["height"]) == (3024, 4032)
+
+
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.parametrize("config_overrides", [{"strip_metadata": True}])
+async def test_strip_metadata_reaches_a_heic_through_the_app(http_client, base_url, context):
+    data = read("heif", "iphone_13_pro_max.heic")
+    response = await post_upload(http_client, base_url, "private", data, filename="a.heic")
+    status = await wait_for_upload(http_client, base_url,
+                                   json.loads(response.body)["request_id"], timeout=60)
+    assert status["status"] == "stored", status
+    content = await fetch(http_client, "%s/api/images/%d/content"
+                          % (base_url, status["image_id"]))
+    assert len(content.body) == len(data) and b"iPhone 13 Pro Max" not in content.body
+    assert len(decode(content.body).getexif()) == 0
+    meta = json.loads((await fetch(http_client, "%s/api/images/%d"
+                                   % (base_url, status["image_id"]))).body)
+    assert meta["sha256"] == hashlib.sha256(content.body).hexdigest()
+    assert meta["camera"] == "Apple iPhone 13 Pro Max"  # read before stripping
 
 
 @pytest.mark.gen_test(timeout=60)

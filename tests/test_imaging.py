@@ -370,6 +370,24 @@ def test_strip_metadata_webp_drops_exif_and_xmp():
     assert struct.unpack("<I", stored[4:8])[0] == len(stored) - 8  # RIFF size is right
 
 
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_strip_metadata_heif_and_avif_drop_gps_exif_and_xmp_in_place(fmt):
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF>where I live</rdf:RDF></x:xmpmeta>'
+    data = encode(upright_picture(), fmt, exif=camera_exif(), xmp=xmp)
+    assert decode(data).getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    result = process(data, STRIP)
+    stored = result.data
+    assert len(stored) == len(data) and result.sha256 == hashlib.sha256(stored).hexdigest()
+    kept = decode(stored)
+    assert len(kept.getexif()) == 0 and not kept.getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    assert not kept.info.get("xmp", b"").strip()
+    for secret in (b"Canon", b"secret-editor", b"2021:06:15", b"where I live"):
+        assert secret not in stored
+    assert kept.tobytes() == decode(data).tobytes()
+    assert (result.taken_at, result.camera) == ("2021-06-15T14:30:05", "Canon EOS 5D Mark IV")
+    assert_upright(decode(process(stored, DEFAULT).thumbnails[0].data), (400, 250))
+
+
 def test_without_strip_option_the_original_is_byte_identical():
     data = solid("JPEG", exif=camera_exif())
     assert process(data, DEFAULT).data == data
