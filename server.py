@@ -18,6 +18,7 @@ import tornado.httpserver
 
 from config import ConfigError, load_config
 from consumers.dead_letters import DeadLetterRecorder
+from consumers.deliveries import SENDERS
 from consumers.notifier import Notifier
 from consumers.processor import Processor
 from context import close_context, open_context
@@ -28,7 +29,7 @@ from storage import StorageError
 log = logging.getLogger("photo_app")
 
 # The consumers each role runs.
-CONSUMERS = {"processor": [Processor, DeadLetterRecorder], "notifier": [Notifier]}
+CONSUMERS = {"processor": [Processor, DeadLetterRecorder], "notifier": [Notifier, *SENDERS]}
 
 
 def setup_logging():

@@ -22,6 +22,9 @@ IMAGE_UPLOADED = "image.uploaded"
 IMAGE_FAILED = "image.failed"
 IMAGE_DELETED = "image.deleted"
 DEAD_ROUTING_KEY = "dead"
+# Notifier actions that deliver outside (notify/): each has its own queue of
+# deliveries, routed by the action's name, and its own delay queues for retries.
+DELIVERY_ACTIONS = ("webhook", "email")
 
 
 class BrokerUnavailable(Exception):
@@ -58,7 +61,8 @@ class Topology:
     re-queued.
     """
 
-    def __init__(self, prefix="", retry_delays=Config.retry_delays):
+    def __init__(self, prefix="", retry_delays=Config.retry_delays,
+                 delivery_delays=Config.webhook_retry_delays):
         self.prefix = prefix
         self.upload_exchange = prefix + "image-processing"
         self.upload_queue = prefix + "image-processing-queue"
@@ -68,15 +72,44 @@ class Topology:
         self.events_exchange = prefix + "photo-app"
         self.notifications_queue = prefix + "photo-app.notifications"
         self.retry_delays = tuple(retry_delays)
+        # Webhook and e-mail deliveries (one message per delivery, consumers/deliveries.py).
+        self.deliveries_exchange = prefix + "photo-app.deliveries"
+        self.deliveries_retry_exchange = prefix + "photo-app.deliveries.retry"
+        self.delivery_delays = tuple(delivery_delays)
 
     @staticmethod
     def retry_key(delay):
         return "retry.%gs" % delay
 
+    def delivery_queue(self, action):
+        return "%sphoto-app.%s" % (self.prefix, action)
+
+    @classmethod
+    def delivery_retry_key(cls, action, delay):
+        return "%s.%s" % (action, cls.retry_key(delay))
+
+    @property
+    def webhook_queue(self):
+        return self.delivery_queue("webhook")
+
+    @property
+    def email_queue(self):
+        return self.delivery_queue("email")
+
+    def delivery_queues(self):
+        """Per action: its queue, and one delay queue per retry delay that leads back to it."""
+        return [spec for action in DELIVERY_ACTIONS for spec in [
+            QueueSpec(self.delivery_queue(action), self.deliveries_exchange, (action,)),
+            *[QueueSpec("%s.%s" % (self.delivery_queue(action), self.retry_key(delay)),
+                        self.deliveries_retry_exchange,
+                        (self.delivery_retry_key(action, delay),),
+                        ttl=delay, dead_letter=(self.deliveries_exchange, action))
+              for delay in self.delivery_delays]]]
+
     @property
     def exchanges(self):
         return [self.upload_exchange, self.retry_exchange, self.dead_exchange,
-                self.events_exchange]
+                self.events_exchange, self.deliveries_exchange, self.deliveries_retry_exchange]
 
     @property
     def queues(self):
@@ -90,6 +123,7 @@ class Topology:
             QueueSpec(self.dead_queue, self.dead_exchange, (DEAD_ROUTING_KEY,)),
             QueueSpec(self.notifications_queue, self.events_exchange,
                       (IMAGE_UPLOADED, IMAGE_FAILED, IMAGE_DELETED)),
+            *self.delivery_queues(),
         ]
 
 
@@ -150,7 +184,7 @@ class Broker:
 
 
 def open_broker(config):
-    topology = Topology(config.amqp_prefix, config.retry_delays)
+    topology = Topology(config.amqp_prefix, config.retry_delays, config.webhook_retry_delays)
     if config.broker_type == "memory":
         from broker.memory import MemoryBroker
         return MemoryBroker(topology)

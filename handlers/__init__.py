@@ -10,7 +10,7 @@ import secrets
 import tornado.web
 
 from handlers.base import NotFoundHandler
-from handlers.failed import FailedListHandler, RequeueHandler
+from handlers.failed import FailedListHandler, RequeueDeliveryHandler, RequeueHandler
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.html import StaticHandler
 from handlers.images import (ImageContentHandler, ImageHandler, ImagesHandler,
@@ -33,6 +33,7 @@ def web_routes(context):
         (r"/api/images/([0-9]{1,18})/thumbnail", ThumbnailHandler, deps),
         (r"/api/failed", FailedListHandler, deps),
         (r"/api/failed/([0-9a-zA-Z-]{1,64})/requeue", RequeueHandler, deps),
+        (r"/api/failed/deliveries/([0-9]{1,18})/requeue", RequeueDeliveryHandler, deps),
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, deps),
         # pages (the upload page is "/" above)
