@@ -48,6 +48,9 @@ class MailChannel:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise DeliveryFailed("%s: %s" % (type(exc).__name__, exc)) from None
 
+    async def close(self):
+        pass  # one SMTP connection per e-mail: nothing stays open
+
     async def build(self, delivery):
         events = delivery["payload"]
         message = EmailMessage()
