@@ -37,6 +37,11 @@ PER_TARGET = 4
 DIGEST_TICK = 5.0  # seconds between looks at the digest, at most
 
 
+def lease_seconds(timeout):
+    """How long a claim holds: longer than any try (``timeout``) and its bookkeeping."""
+    return 2 * timeout + 10
+
+
 class DeliverySender(Consumer):
     ACTION = None
 
@@ -46,7 +51,7 @@ class DeliverySender(Consumer):
         self.channel = open_channel(self.ACTION, context) if self.enabled else None
         self.outbox = Outbox(context)
         self.owner = "%s:%d:%s" % (socket.gethostname(), os.getpid(), uuid.uuid4().hex[:6])
-        self.lease = 2 * context.config.webhook_timeout + 10
+        self.lease = lease_seconds(context.config.webhook_timeout)
         self._in_flight = collections.Counter()  # target -> tries under way here
 
     @property
@@ -82,7 +87,7 @@ class DeliverySender(Consumer):
         """Look at the delivery again after the shortest delay, expecting the same tries."""
         delivery = await self.context.storage.get_delivery(delivery_id)
         if delivery is not None and delivery["status"] == PENDING:
-            await self.outbox.publish(delivery, tries, delay=min(self.delays or (1,)))
+            await self.outbox.publish(delivery, tries, delay=min(self.delays))
 
     async def _deliver(self, delivery_id, tries):
         storage = self.context.storage

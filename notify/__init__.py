@@ -87,7 +87,7 @@ def validate_notify_config(config):
     if not config.webhook_timeout > 0:
         raise ConfigError("WEBHOOK_TIMEOUT takes a positive number of seconds; got %r"
                           % config.webhook_timeout)
-    if any(not delay > 0 for delay in config.webhook_retry_delays):
+    if not config.webhook_retry_delays or any(not d > 0 for d in config.webhook_retry_delays):
         raise ConfigError("WEBHOOK_RETRY_DELAYS takes a comma list of positive seconds")
     if "email" in actions and not config.smtp_url:
         raise ConfigError("the email action needs SMTP_URL")

@@ -100,7 +100,8 @@ def subject(events):
 
 
 def reason(event):
-    return "It could not be stored: %s." % (event.get("error") or "no reason was given")
+    words = (event.get("error") or "no reason was given").rstrip(".")
+    return "It could not be stored: %s." % words
 
 
 def event_text(event):

@@ -59,21 +59,25 @@ class _Endpoint(tornado.web.RequestHandler):
     def initialize(self, receiver):
         self.receiver = receiver
 
-    def post(self):
-        code = self.receiver._take(self.request)
+    async def post(self):
+        code, hold = self.receiver._take(self.request)
+        if hold is not None:
+            await asyncio.get_running_loop().run_in_executor(None, hold.wait, 60)
         self.set_status(code)
         self.finish("ok" if code < 300 else "no")
 
 
 class WebhookReceiver:
     """``answer(path, 500, 500)`` scripts the first answers of a path (then 200);
-    ``received(path)`` lists what came, in order."""
+    ``hold(path)`` keeps the next request of a path unanswered until the returned
+    event is set; ``received(path)`` lists what came, in order."""
 
     def __init__(self, port=None, addresses=("127.0.0.1",)):
         self.port = port or free_port()
         self.addresses = addresses
         self._lock = threading.Lock()
         self._answers = {}
+        self._holds = {}
         self._received = []
         self._loop = None
         self._stopped = None
@@ -85,6 +89,12 @@ class WebhookReceiver:
         with self._lock:
             self._answers.setdefault(path, []).extend(codes)
 
+    def hold(self, path):
+        event = threading.Event()
+        with self._lock:
+            self._holds[path] = event
+        return event
+
     def received(self, path=None):
         with self._lock:
             return [d for d in self._received if path in (None, d.path)]
@@ -95,7 +105,7 @@ class WebhookReceiver:
             code = script.pop(0) if script else 200
             headers = {k.lower(): v for k, v in request.headers.get_all()}
             self._received.append(Delivery(request.path, headers, request.body, code))
-        return code
+            return code, self._holds.pop(request.path, None)
 
     def start(self):
         started = threading.Event()

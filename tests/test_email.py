@@ -120,7 +120,8 @@ class TestDigest:
 
         [(_, recipients, message)] = await eventually(smtp.messages)
         assert recipients == list(MAIL_TO)
-        assert message["Subject"] == "Photo App: 3 uploads from carol, dave, erin (3 stored, 0 failed)"
+        assert message["Subject"] == ("Photo App: 3 uploads from carol, dave, erin "
+                                      "(3 stored, 0 failed)")
         text, html, inline = parts(message)
         assert all(nickname in text and nickname in html for nickname in nicknames)
         assert len(inline) == 3 and all(mime == "image/jpeg" for _, mime, _ in inline)

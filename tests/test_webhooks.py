@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from broker import IMAGE_DELETED
+from broker import IMAGE_DELETED, Topology
 from config import Config
 from broker.messages import event_message_id
 from notify import DeliveryFailed
@@ -177,6 +177,21 @@ async def test_410_gone_stops_retrying(http_client, base_url, context, receiver)
     await settled(context, *[spec.name for spec in topology.delivery_queues()])
     assert [d.answered for d in receiver.received()] == [410]
     assert gone["message_id"] == event_message_id("image.uploaded", request_id)
+
+
+def test_delivery_queues_lead_back_to_their_action():
+    topology = Topology("p.", delivery_delays=(5, 300))
+    delays = [spec for spec in topology.delivery_queues() if spec.ttl is not None]
+    assert [(spec.name, spec.routing_keys, spec.dead_letter[1]) for spec in delays] == [
+        ("p.photo-app.webhook.retry.5s", ("webhook.retry.5s",), "webhook"),
+        ("p.photo-app.webhook.retry.300s", ("webhook.retry.300s",), "webhook"),
+        ("p.photo-app.email.retry.5s", ("email.retry.5s",), "email"),
+        ("p.photo-app.email.retry.300s", ("email.retry.300s",), "email")]
+    assert all(spec.exchange == "p.photo-app.deliveries.retry" for spec in delays)
+    assert all(spec.dead_letter[0] == "p.photo-app.deliveries" for spec in delays)
+    assert {spec.name for spec in topology.delivery_queues() if spec.ttl is None} == {
+        topology.webhook_queue, topology.email_queue} == {"p.photo-app.webhook",
+                                                          "p.photo-app.email"}
 
 
 # -- addresses: private ones refused unless WEBHOOK_ALLOW_PRIVATE=true ---------------
