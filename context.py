@@ -8,8 +8,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from broker import open_broker
+from broker import EVENT_KEYS, open_broker
 from cache import open_cache
+from handlers.events import EventHub
 from storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ class Context:
     cache: object
     broker: object
     image_executor: ThreadPoolExecutor
+    # This process's WebSocket clients and the events it hears for them (web role).
+    events: EventHub = field(default_factory=EventHub)
     # HTTP requests in progress, from their headers to their answer (drained at shutdown).
     requests: set = field(default_factory=set)
 
@@ -36,7 +39,10 @@ async def open_context(config):
     log.info("broker: %s", broker.describe())
     await broker.start()
     executor = ThreadPoolExecutor(config.image_workers, thread_name_prefix="image")
-    return Context(config, storage, cache, broker, executor)
+    context = Context(config, storage, cache, broker, executor)
+    if "web" in config.roles:
+        broker.subscribe(broker.topology.events_exchange, EVENT_KEYS, context.events.on_message)
+    return context
 
 
 async def close_context(context):

@@ -25,7 +25,9 @@ import sys
 import time
 import uuid
 
+from config import redact_url
 from consumers.base import Consumer
+from logs import set_request_id
 from notify import DeliveryFailed, enabled_actions, open_channel
 from notify.outbox import Outbox
 from storage import DEAD, DELIVERED, GONE, PENDING
@@ -98,17 +100,21 @@ class DeliverySender(Consumer):
         if outcome == "busy":
             await self._later(delivery_id, tries)
             return
+        events = delivery["payload"] if isinstance(delivery["payload"], list) else [
+            delivery["payload"]]
+        if len(events) == 1:  # log lines carry the upload's request id, as the notifier's do
+            set_request_id(events[0].get("request_id"))
         what = "%s %s (%s) to %s" % (self.ACTION, delivery["id"], delivery["message_id"],
-                                     delivery["target"])
+                                     redact_url(delivery["target"]))
         try:
             await self.channel.send(delivery)
         except DeliveryFailed as exc:
-            await self._failed(delivery, tries + 1, exc, what)
+            await self._after_failure(delivery, tries + 1, exc, what)
             return
         await storage.settle_delivery(delivery["id"], DELIVERED, tries + 1)
         log.info("%s delivered (try %d)", what, tries + 1)
 
-    async def _failed(self, delivery, tries, exc, what):
+    async def _after_failure(self, delivery, tries, exc, what):
         storage = self.context.storage
         if exc.final or tries > len(self.delays):
             status = GONE if exc.final else DEAD

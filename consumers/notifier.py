@@ -16,6 +16,7 @@ import sys
 
 from broker.messages import event_message_id
 from consumers.base import Consumer
+from logs import set_request_id
 from notify import enabled_actions
 from notify.outbox import Outbox
 
@@ -47,6 +48,7 @@ class Notifier(Consumer):
         try:
             event = json.loads(message.body)
             key = message.message_id or event_message_id(event["event"], event["request_id"])
+            set_request_id(event.get("request_id") if isinstance(event, dict) else None)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("dropping a notification that breaks the contract (%s): %r",
                         exc, message.body[:200])

@@ -7,9 +7,10 @@ token they are closed (403), since they act on everyone's uploads.
 import hmac
 
 from broker import UPLOAD_ROUTING_KEY, BrokerUnavailable
-from notify.outbox import Outbox
+from config import redact_url
 from handlers.base import ApiError, BaseHandler
 from handlers.upload import RETRY_AFTER
+from notify.outbox import Outbox
 
 
 class OperatorHandler(BaseHandler):
@@ -28,7 +29,7 @@ class OperatorHandler(BaseHandler):
 
 class FailedListHandler(OperatorHandler):
     """``GET /api/failed``: dead-lettered uploads with their reason and attempts,
-    and failed webhook and e-mail deliveries (``handlers.deliveries``)."""
+    and failed webhook and e-mail deliveries (``failed_deliveries``)."""
 
     async def get(self):
         letters = await self.context.storage.list_dead_letters()
@@ -42,6 +43,7 @@ async def failed_deliveries(storage):
     """Dead-lettered (``dead``) and refused (``gone``, 410) webhook and e-mail deliveries."""
     deliveries = await storage.list_failed_deliveries()
     for delivery in deliveries:
+        delivery["target"] = redact_url(delivery["target"])  # a URL may hold a password
         delivery["requeue_url"] = "/api/failed/deliveries/%d/requeue" % delivery["id"]
     return deliveries
 

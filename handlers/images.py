@@ -8,6 +8,7 @@ import re
 from cache import CachedImage, content_key, thumbnail_key
 from handlers.base import ApiError, BaseHandler
 from handlers.upload import UploadHandler
+from logs import set_request_id
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 # Image bytes are never a document: no script, no plugin, no same-origin rights.
@@ -120,6 +121,7 @@ class UploadStatusHandler(BaseHandler):
     """``GET /api/uploads/{request_id}``: where an upload is in its life."""
 
     async def get(self, request_id):
+        set_request_id(request_id)
         upload = await self.context.storage.get_upload(request_id)
         if upload is None:
             raise ApiError(404, "unknown upload", "no upload has request id %s" % request_id)

@@ -66,7 +66,7 @@ def decode_secret(secret):
 
 def validate_notify_config(config):
     """Raise ConfigError for notifier settings that cannot work (called by Config.validate)."""
-    from config import ConfigError
+    from config import ConfigError, redact_url
     actions = enabled_actions(config)
     unknown = set(actions) - set(ACTION_NAMES)
     if unknown:
@@ -77,16 +77,14 @@ def validate_notify_config(config):
     for url in config.webhook_urls:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError("WEBHOOK_URLS takes http:// or https:// URLs; got %r" % url)
+            raise ConfigError("WEBHOOK_URLS takes http:// or https:// URLs; got %r"
+                              % redact_url(url))
     if config.webhook_urls:
         try:
             decode_secret(config.webhook_secret)
         except ValueError as exc:
             raise ConfigError("WEBHOOK_SECRET is required with WEBHOOK_URLS and must be "
                               "whsec_ + base64 of 24-64 random bytes: %s" % exc) from None
-    if not config.webhook_timeout > 0:
-        raise ConfigError("WEBHOOK_TIMEOUT takes a positive number of seconds; got %r"
-                          % config.webhook_timeout)
     if not config.webhook_retry_delays or any(not d > 0 for d in config.webhook_retry_delays):
         raise ConfigError("WEBHOOK_RETRY_DELAYS takes a comma list of positive seconds")
     if "email" in actions and not config.smtp_url:

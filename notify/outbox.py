@@ -1,7 +1,8 @@
 """From events to delivery messages: the one place that records deliveries and
 publishes their messages (first try, retries, re-queued ones).
 
-A delivery message is JSON ``{"delivery_id", "tries", "target"}`` on exchange
+A delivery message is JSON ``{"delivery_id", "tries", "target"}``, message id
+``{action}:{delivery id}``, on exchange
 ``photo-app.deliveries`` with the action's name as routing key (queues
 ``photo-app.webhook``, ``photo-app.email``); a retry goes through exchange
 ``photo-app.deliveries.retry``, key ``{action}.retry.{delay}s``, whose delay
@@ -55,7 +56,9 @@ class Outbox:
         else:
             exchange = topology.deliveries_retry_exchange
             key = topology.delivery_retry_key(delivery["action"], delay)
-        await broker.publish(exchange, key, body, message_id=delivery["message_id"],
+        # Its own id: the event's message id is shared by the deliveries to every target.
+        await broker.publish(exchange, key, body,
+                             message_id="%s:%d" % (delivery["action"], delivery["id"]),
                              content_type="application/json", mandatory=True)
 
     async def close_digest(self, action, period):

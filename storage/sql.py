@@ -127,14 +127,22 @@ def iso(value):
     return value
 
 
+class ConnectionLost(Exception):
+    """Raised by a backend's ``_connection`` (from the driver's error) when the
+    connection itself died under a call: the server went away, refused or reset
+    it.  Only then is the call run again, on a fresh connection."""
+
+
+def _describe(exc):
+    return "%s: %s" % (type(exc).__name__, str(exc).strip())
+
+
 class SQLStorage(Storage):
     column_types = {}
     # Exceptions of the driver that mean "the database is unavailable".
     driver_errors = ()
     # Exceptions among driver_errors that are the caller's fault; raised unchanged.
     passed_errors = ()
-    # Exceptions after which a call is tried once more on a fresh connection.
-    reconnect_errors = ()
 
     def __init__(self, threads):
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="storage")
@@ -158,15 +166,19 @@ class SQLStorage(Storage):
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except self.passed_errors:
             raise
+        except ConnectionLost as exc:
+            raise StorageError(_describe(exc.__cause__)) from exc.__cause__
         except self.driver_errors as exc:
-            raise StorageError("%s: %s" % (type(exc).__name__, str(exc).strip())) from exc
+            raise StorageError(_describe(exc)) from exc
 
     async def _run(self, fn, *args, write=False):
         """Run ``fn(cursor, *args)`` in one transaction on the thread pool.
 
-        A connection that turns out dead (the server restarted since it was
-        opened) is replaced and the call made once more; every call here is
-        idempotent, so a second run after a lost commit answer is harmless."""
+        A connection that turns out dead (``ConnectionLost``: the server
+        restarted since it was opened) is replaced and the call made once more;
+        every call here is idempotent, so a second run after a lost commit
+        answer is harmless.  Any other error (a statement timeout included)
+        ends the call: running it again would only double its cost."""
         def call():
             for attempt in (1, 2):
                 try:
@@ -176,7 +188,7 @@ class SQLStorage(Storage):
                             return fn(cursor, *args)
                         finally:
                             cursor.close()
-                except self.reconnect_errors:
+                except ConnectionLost:
                     if attempt == 2:
                         raise
         return await self._in_thread(call)

@@ -104,7 +104,8 @@ def amqp_prefix():
     from broker import Topology
     conn = amqp_connection()
     channel = conn.channel()
-    for topology in (Topology(prefix), Topology(prefix, TEST_RETRY_DELAYS, TEST_DELIVERY_DELAYS)):
+    for topology in (Topology(prefix),
+                     Topology(prefix, TEST_RETRY_DELAYS, TEST_DELIVERY_DELAYS)):
         for spec in topology.queues:
             channel.queue_delete(spec.name)
         for exchange in topology.exchanges:

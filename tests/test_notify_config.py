@@ -70,3 +70,11 @@ def test_the_smtp_url_gives_host_port_tls_and_credentials():
     Context.config = load_config([], dict(SMTP, SMTP_URL="smtp+starttls://mail.example"))
     smtp = MailChannel(Context).smtp
     assert (smtp["port"], smtp["start_tls"], smtp["username"]) == (587, True, None)
+
+
+def test_a_webhook_url_error_does_not_show_its_password():
+    with pytest.raises(ConfigError) as error:
+        load_config([], {"WEBHOOK_URLS": "ftp://user:hook-secret@a.example/",
+                         "WEBHOOK_SECRET": SECRET})
+    assert "ftp://user:***@a.example/" in str(error.value)
+    assert "hook-secret" not in str(error.value)
