@@ -111,6 +111,10 @@ class DeliverySender(Consumer):
         except DeliveryFailed as exc:
             await self._after_failure(delivery, tries + 1, exc, what)
             return
+        except Exception as exc:  # not a try (the database is away, say): let it go at once
+            await storage.settle_delivery(delivery["id"], PENDING, tries,
+                                          "%s: %s" % (type(exc).__name__, exc))
+            raise
         await storage.settle_delivery(delivery["id"], DELIVERED, tries + 1)
         log.info("%s delivered (try %d)", what, tries + 1)
 

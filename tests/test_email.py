@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from storage import PENDING
-from tests.helpers import eventually, make_image, post_upload, wait_for_upload
+from tests.helpers import FaultyStorage, eventually, make_image, post_upload, wait_for_upload
 from tests.receivers import SMTPReceiver
 
 MAIL_FROM = "photos@example.test"
@@ -157,3 +157,19 @@ async def test_an_smtp_server_that_is_down_gets_the_email_once_it_is_back(
     gate.set()
     [(_, recipients, message)] = await eventually(smtp.messages)
     assert recipients == list(MAIL_TO) and "frank" in message["Subject"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_database_fault_while_writing_the_email_is_no_try_and_holds_no_claim(
+        http_client, base_url, context, smtp):
+    smtp.start()
+    faulty = context.storage = FaultyStorage(context.storage, "get_thumbnail", failing={1})
+    try:
+        request_id, _ = await upload(http_client, base_url, make_image(), "gina")
+        [(_, _, message)] = await eventually(smtp.messages)
+    finally:
+        context.storage = faulty.inner
+    assert "gina" in message["Subject"] and len(faulty.calls) == 2
+    delivery = await context.storage.get_delivery(1)
+    assert (delivery["status"], delivery["tries"]) == ("delivered", 1)
+    assert delivery["message_id"] == "image.uploaded:%s" % request_id
