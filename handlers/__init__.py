@@ -11,7 +11,7 @@ import tornado.web
 
 from handlers.base import NotFoundHandler
 from handlers.events import MAX_MESSAGE_SIZE, PING_INTERVAL, EventsHandler
-from handlers.failed import FailedListHandler, RequeueHandler
+from handlers.failed import FailedListHandler, RequeueDeliveryHandler, RequeueHandler
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.html import StaticHandler
 from handlers.login import LoginHandler, LogoutHandler
@@ -37,6 +37,7 @@ def web_routes(context):
         (r"/api/events", EventsHandler, deps),
         (r"/api/failed", FailedListHandler, deps),
         (r"/api/failed/([0-9a-zA-Z-]{1,64})/requeue", RequeueHandler, deps),
+        (r"/api/failed/deliveries/([0-9]{1,18})/requeue", RequeueDeliveryHandler, deps),
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, deps),
         # pages (the upload page is "/" above)
