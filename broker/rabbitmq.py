@@ -31,6 +31,7 @@ from config import redact_url
 log = logging.getLogger(__name__)
 
 MIN_DELAY, MAX_DELAY = 1.0, 30.0
+NACKED_FOR = 5.0  # seconds of nothing but nacks before the connection is started afresh
 
 
 class _Callback:
@@ -63,6 +64,7 @@ class RabbitMQBroker(Broker):
         self._pending = {}            # delivery tag -> (future, message id)
         self._returned = set()        # message ids returned as unroutable
         self._next_tag = 0
+        self._nacked_since = None     # loop time of the first of the nacks in a row
         self._consumers = {}          # queue -> (on_message, prefetch)
         self._consumer_channels = {}  # queue -> (channel, consumer tag)
         self._subscriptions = []      # (exchange, routing keys, on_message)
@@ -153,6 +155,7 @@ class RabbitMQBroker(Broker):
         channel.confirm_delivery(self._on_confirm, callback=done)
         await done.future
         self._next_tag = 0
+        self._nacked_since = None
         self._channel = channel
         for queue in list(self._consumers):
             await self._start_consumer(queue)
@@ -251,9 +254,27 @@ class RabbitMQBroker(Broker):
         log.warning("rabbitmq returned message %s: %s", properties.message_id, method.reply_text)
         self._returned.add(properties.message_id)
 
+    def _note_confirm(self, ack):
+        """A publishing channel that has only been refused for NACKED_FOR seconds is
+        started afresh on a new connection.  After a quorum queue's leader moved (its
+        node went away) RabbitMQ may go on refusing one channel's publishes to it while
+        new channels are taken: seen with 3.10 in the cluster test."""
+        if ack:
+            self._nacked_since = None
+            return
+        now = asyncio.get_running_loop().time()
+        if self._nacked_since is None:
+            self._nacked_since = now
+        elif now - self._nacked_since >= NACKED_FOR and self._connection.is_open:
+            log.warning("rabbitmq has refused every publish for %.0f s; reconnecting",
+                        now - self._nacked_since)
+            self._nacked_since = None
+            self._connection.close()
+
     def _on_confirm(self, frame):
         method = frame.method
         ack = isinstance(method, pika.spec.Basic.Ack)
+        self._note_confirm(ack)
         tags = ([t for t in self._pending if t <= method.delivery_tag] if method.multiple
                 else [method.delivery_tag])
         for tag in tags:
