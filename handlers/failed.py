@@ -8,6 +8,7 @@ import hmac
 
 from broker import UPLOAD_ROUTING_KEY, BrokerUnavailable
 from handlers.base import ApiError, BaseHandler
+from handlers.openapi import error, json_answer, operation, operator, ref, unavailable
 from handlers.upload import RETRY_AFTER
 
 
@@ -18,8 +19,8 @@ class OperatorHandler(BaseHandler):
             raise ApiError(403, "forbidden", "set API_TOKEN to use the operator routes")
         given = self.request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), ("Bearer " + token).encode()):
-            self.set_header("WWW-Authenticate", "Bearer")
-            raise ApiError(401, "unauthorized", "send Authorization: Bearer <API_TOKEN>")
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <API_TOKEN>",
+                           headers={"WWW-Authenticate": "Bearer"})
 
     def check_xsrf_cookie(self):
         pass  # authorised by a header a browser never adds on its own
@@ -28,6 +29,11 @@ class OperatorHandler(BaseHandler):
 class FailedListHandler(OperatorHandler):
     """``GET /api/failed``: dead-lettered uploads with their reason and attempts."""
 
+    @operation(**operator(summary="Dead-lettered uploads", tags=["operator"], responses={
+        200: json_answer("the dead letters, oldest first", {
+            "type": "object", "required": ["failed"],
+            "properties": {"failed": {"type": "array", "items": ref("DeadLetter")}}}),
+        503: unavailable()}))
     async def get(self):
         letters = await self.context.storage.list_dead_letters()
         for letter in letters:
@@ -39,6 +45,11 @@ class RequeueHandler(OperatorHandler):
     """``POST /api/failed/{request_id}/requeue``: publish the upload again
     (confirmed), with fresh attempts; answered like an upload, 202."""
 
+    @operation(**operator(summary="Publish a dead-lettered upload again", tags=["operator"],
+                          responses={
+        202: json_answer("queued again, with fresh attempts", ref("UploadAccepted")),
+        404: error("no dead letter has that request id"),
+        503: unavailable("the broker did not take it, or the database is unavailable")}))
     async def post(self, request_id):
         storage, broker = self.context.storage, self.context.broker
         letter = await storage.get_dead_letter(request_id)

@@ -7,12 +7,24 @@ import re
 
 from cache import CachedImage, content_key, thumbnail_key
 from handlers.base import ApiError, BaseHandler
+from handlers.openapi import error, json_answer, operation, ref, unavailable, unknown
 from handlers.upload import UploadHandler
+from imaging import SUPPORTED_TYPES
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 # Image bytes are never a document: no script, no plugin, no same-origin rights.
 BYTES_POLICY = "default-src 'none'; sandbox"
 DEFAULT_LIMIT, MAX_LIMIT = 24, 100
+LIST_PARAMETERS = [
+    {"name": "nickname", "in": "query", "schema": {"type": "string"},
+     "description": "only this nickname's images (trimmed; empty: everyone's)"},
+    {"name": "limit", "in": "query",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+     "description": "next_cursor from the previous page"},
+]
+LIST_ERRORS = ("a limit outside 1-%d, a cursor that is not a next_cursor, a parameter "
+               "given twice" % MAX_LIMIT)
 CURSOR = re.compile(r"[A-Za-z0-9_-]{1,40}")
 CURSOR_TEXT = re.compile(r"before:([1-9][0-9]{0,17})")
 
@@ -82,7 +94,7 @@ def decode_cursor(cursor):
 
 def parse_limit(value):
     """``limit`` from a query: DEFAULT_LIMIT when absent, 1..MAX_LIMIT, else a 400."""
-    if value is None or value == "":
+    if value is None:
         return DEFAULT_LIMIT
     if not re.fullmatch(r"[0-9]{1,4}", value) or not 1 <= int(value) <= MAX_LIMIT:
         raise ApiError(400, "bad limit", "limit must be a whole number from 1 to %d"
@@ -106,11 +118,15 @@ class ImagesHandler(UploadHandler):
     ``{"images": [...], "next_cursor"}`` newest first, with ``nickname``,
     ``limit`` (default 24, at most 100) and ``cursor`` from the query."""
 
+    @operation(summary="Image metadata, newest first, a page at a time", tags=["images"],
+               parameters=LIST_PARAMETERS, responses={
+                   200: json_answer("one page", ref("ImageList")),
+                   400: error(LIST_ERRORS), 503: unavailable()})
     async def get(self):
-        limit = parse_limit(self.get_query_argument("limit", None))
+        limit = parse_limit(self.query_argument("limit"))
         images, next_cursor = await list_page(
-            self.context.storage, self.get_query_argument("nickname", ""),
-            self.get_query_argument("cursor", ""), limit)
+            self.context.storage, self.query_argument("nickname", ""),
+            self.query_argument("cursor", ""), limit)
         sizes = self.config.thumbnail_sizes
         self.write_json({"images": [image_json(image, sizes) for image in images],
                          "next_cursor": next_cursor})
@@ -119,6 +135,8 @@ class ImagesHandler(UploadHandler):
 class UploadStatusHandler(BaseHandler):
     """``GET /api/uploads/{request_id}``: where an upload is in its life."""
 
+    @operation(summary="Where an upload is", tags=["images"], responses={
+        200: json_answer("its status", ref("Upload")), 404: unknown(), 503: unavailable()})
     async def get(self, request_id):
         upload = await self.context.storage.get_upload(request_id)
         if upload is None:
@@ -131,6 +149,8 @@ class UploadStatusHandler(BaseHandler):
 class ImageHandler(BaseHandler):
     """``GET /api/images/{id}``: an image's metadata."""
 
+    @operation(summary="An image's metadata", tags=["images"], responses={
+        200: json_answer("its metadata", ref("Image")), 404: unknown(), 503: unavailable()})
     async def get(self, image_id):
         image = await self.context.storage.get_image(int(image_id))
         if image is None:
@@ -156,9 +176,28 @@ class ImmutableBytesHandler(BaseHandler):
             self.finish(entry.data)
 
 
+def bytes_answers(what, responses=None):
+    """The answers of a route of immutable bytes, with ``responses`` of its own."""
+    return {
+        200: {"description": what, "headers": {
+            "ETag": {"required": True, "schema": {"type": "string"}},
+            "Cache-Control": {"required": True, "schema": {"const": IMMUTABLE}}},
+            "content": {mime_type: {"schema": {"type": "string", "format": "binary"}}
+                        for mime_type in SUPPORTED_TYPES}},
+        304: {"description": "If-None-Match names its ETag: not modified", "headers": {
+            "ETag": {"required": True, "schema": {"type": "string"}}}},
+        404: unknown(), 503: unavailable(), **(responses or {})}
+
+
+IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "schema": {"type": "string"},
+                 "description": "an ETag from an earlier answer: 304 if it still matches"}
+
+
 class ImageContentHandler(ImmutableBytesHandler):
     """``GET /api/images/{id}/content``: the original bytes."""
 
+    @operation(summary="An image's original bytes", tags=["images"],
+               parameters=[IF_NONE_MATCH], responses=bytes_answers("the bytes as uploaded"))
     async def get(self, image_id):
         self.serve(image_id, await cached_content(self.context, int(image_id)))
 
@@ -167,9 +206,14 @@ class ThumbnailHandler(ImmutableBytesHandler):
     """``GET /api/images/{id}/thumbnail?size=N``: an upright, metadata-free
     thumbnail; ``size`` is one of the configured sizes (default the smallest)."""
 
+    @operation(lambda config: dict(
+        summary="An image's thumbnail", tags=["images"], parameters=[IF_NONE_MATCH, {
+            "name": "size", "in": "query", "description": "default the smallest",
+            "schema": {"type": "integer", "enum": sorted(config.thumbnail_sizes)}}],
+        responses=bytes_answers("the thumbnail", {400: error("size is not one of them, or twice")})))
     async def get(self, image_id):
         sizes = self.config.thumbnail_sizes
-        size = self.get_argument("size", str(min(sizes)))
+        size = self.query_argument("size", str(min(sizes)))
         if not re.fullmatch(r"[0-9]{1,5}", size) or int(size) not in sizes:
             raise ApiError(400, "bad size", "size must be one of %s"
                            % ", ".join(str(s) for s in sizes))

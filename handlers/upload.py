@@ -20,6 +20,7 @@ import imaging
 from broker import UPLOAD_ROUTING_KEY, BrokerUnavailable
 from broker.messages import InvalidUpload, Upload, clean_nickname
 from handlers.base import ApiError, BaseHandler
+from handlers.openapi import UPLOAD_BODY, json_answer, operation, ref, upload_refusals
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ class UploadHandler(BaseHandler):
         return ApiError(413, "image too large", "the limit is %d bytes"
                         % self.config.max_upload_bytes)
 
+    @operation(summary="Upload an image", tags=["images"], requestBody=UPLOAD_BODY,
+               responses={202: json_answer("queued: the broker has it", ref("UploadAccepted")),
+                          **upload_refusals()})
     async def post(self):
         if self._finished:
             return  # refused while the body streamed in
