@@ -26,10 +26,11 @@ import sys
 import urllib.parse
 
 import pytest
+import tornado.web
 from openapi_spec_validator import validate
 
-from config import Config
 import handlers
+from config import Config
 from handlers import make_app, web_routes
 from handlers.base import BaseHandler, NotFoundHandler, implemented_methods
 from handlers.openapi import OpenApiError, openapi_document, operation
@@ -58,9 +59,9 @@ def document():
 
 def app_rules(app):
     """``(rule, path template, parameter names)`` for each route the app serves
-    (its handlers; not the static files Tornado adds), from Tornado's own router."""
+    (not the static files Tornado adds), from Tornado's own router."""
     for rule in app.wildcard_router.rules:
-        if not issubclass(rule.target, BaseHandler):
+        if issubclass(rule.target, tornado.web.StaticFileHandler):
             continue
         regex = rule.matcher.regex
         names = sorted(regex.groupindex, key=regex.groupindex.get)
