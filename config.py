@@ -7,11 +7,14 @@ code only ever sees ``database_url``, ``redis_url`` and ``amqp_url``.
 """
 
 import argparse
+import logging
+import math
 import os
 import urllib.parse
 from dataclasses import dataclass, field
 
 from imaging import SUPPORTED_TYPES
+from logs import FORMATS as LOG_FORMATS
 
 ROLES = ("web", "processor", "notifier")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -59,8 +62,16 @@ class Config:
     # reason; after max_attempts it is dead-lettered.
     retry_delays: tuple = (2, 10, 60, 300)
     max_attempts: int = 5
+    # Failed deliveries of one message (for a reason other than an outage) after
+    # which a consumer parks it instead of taking it again (consumers/base.py).
+    max_deliveries: int = 10
     api_token: str = ""
     xsrf_secret: str = ""
+    log_level: str = "INFO"
+    # "text" (the human format) or "json" (one object per line; logs.py)
+    log_format: str = "text"
+    # Origins besides the page's own host that may open /api/events (scheme://host[:port]).
+    allowed_origins: tuple = ()
 
     @property
     def db_type(self):
@@ -75,6 +86,16 @@ class Config:
         return self.cache_url.split(":", 1)[0]
 
     def validate(self):
+        for attr, (low, high) in BOUNDS.items():
+            value = getattr(self, attr)
+            if not low <= value <= high or (isinstance(value, float) and not math.isfinite(value)):
+                raise ConfigError("%s must be %s; got %r" % (_names(attr), _describe(attr), value))
+        if logging.getLevelName(self.log_level.upper()) not in range(0, 101):
+            raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL; got %r"
+                              % self.log_level)
+        for name, url in (("DATABASE_URL", self.database_url), ("AMQP_URL", self.amqp_url),
+                          ("REDIS_URL", self.cache_url)):
+            _check_url(name, url)
         unknown = set(self.roles) - set(ROLES)
         if unknown or not self.roles:
             raise ConfigError(
@@ -87,7 +108,7 @@ class Config:
                 "--role=all." % ",".join(self.roles))
         if self.cache_type not in ("memory", "none", "redis", "rediss"):
             raise ConfigError("REDIS_URL must be redis://..., 'memory' or 'none'; got %r"
-                              % self.cache_url)
+                              % redact_url(self.cache_url))
         unknown = set(self.accepted_types) - set(SUPPORTED_TYPES)
         if unknown or not self.accepted_types:
             raise ConfigError("ACCEPTED_TYPES takes a comma list of %s; got %s"
@@ -102,10 +123,80 @@ class Config:
         if not self.body_timeout > 0:
             raise ConfigError("BODY_TIMEOUT takes a positive number of seconds; got %r"
                               % self.body_timeout)
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError("LOG_FORMAT must be %s; got %r"
+                              % (" or ".join(LOG_FORMATS), self.log_format))
         if self.database_url.split(":", 1)[0] not in ("sqlite", "postgres", "postgresql"):
             raise ConfigError("DATABASE_URL must be sqlite:///path or postgresql://...; got %r"
-                              % self.database_url)
+                              % redact_url(self.database_url))
         return self
+
+
+# Ranges of the numeric settings, checked by Config.validate: (lowest, highest).
+_DAY = 24 * 3600.0
+_MAX_INT = 2 ** 63 - 1
+BOUNDS = {
+    "port": (0, 65535),                  # 0: any free port
+    "prefetch": (1, 65535),              # AMQP's prefetch count is 16 bits; 0 would mean unlimited
+    "confirm_timeout": (0.001, _DAY), "shutdown_timeout": (0.001, _DAY),
+    "body_timeout": (0.001, _DAY), "cache_timeout": (0.001, _DAY),
+    "max_upload_bytes": (1, _MAX_INT), "cache_max_bytes": (1, _MAX_INT),
+    "db_pool_size": (1, 1000), "image_workers": (1, 1000),
+    "max_image_pixels": (1, _MAX_INT), "max_image_side": (1, _MAX_INT),
+    "thumbnail_quality": (1, 100),
+    "max_attempts": (1, 1000), "max_deliveries": (1, 1000),
+}
+
+
+def _names(attr):
+    """How a user spells the setting ``attr``: its variable and its flag."""
+    for flag, name, each, _kind, _help in _SETTINGS:
+        if each == attr:
+            return "%s (%s)" % (name, flag) if name else flag
+    return attr
+
+
+def _describe(attr):
+    low, high = BOUNDS[attr]
+    if isinstance(low, float):
+        return "a number of seconds above 0" + ("" if high == _DAY else " and at most %g" % high)
+    return "a whole number from %d" % low + ("" if high == _MAX_INT else " to %d" % high)
+
+
+def redact_url(url):
+    """``url`` with any password replaced by ``***`` (in the user part and in a
+    ``password=`` query field); a comma list of URLs is redacted URL by URL.
+    Every URL that is logged or shown goes through here."""
+    if "," in url:
+        return ",".join(redact_url(each) for each in url.split(","))
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<an unreadable URL>"
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if password is None and not any(k.lower() == "password" for k, _ in query):
+        return url
+    if password is not None:
+        user, _, host = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc="%s:***@%s" % (user.split(":", 1)[0], host))
+    query = [(k, "***" if k.lower() == "password" else v) for k, v in query]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, safe="*")))
+
+
+def _check_url(name, url):
+    """A URL's port must be a number from 0 to 65535, and a Redis URL's path a database number."""
+    for each in url.split(","):
+        try:
+            parts = urllib.parse.urlsplit(each)
+            parts.port
+        except ValueError:
+            raise ConfigError("%s has a port that is not a number from 0 to 65535: %r"
+                              % (name, redact_url(each))) from None
+        if parts.scheme in ("redis", "rediss") and not parts.path.strip("/").isdigit() \
+                and parts.path.strip("/"):
+            raise ConfigError("%s must end with a database number (redis://host:port/0); got %r"
+                              % (name, redact_url(each)))
 
 
 def _database_url(env):
@@ -158,8 +249,15 @@ def _delays(value):
     return tuple(float(word) for word in _words(value))
 
 
+def _origins(value):
+    return tuple(word.rstrip("/") for word in _words(value))
+
+
 def _flag(value):
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    word = value.strip().lower()
+    if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError("not true or false")
+    return word in ("1", "true", "yes", "on")
 
 
 # (flag, environment variable, Config field, type, help)
@@ -206,9 +304,15 @@ _SETTINGS = [
      "comma list of waits (s) between attempts after a passing failure"),
     ("--max-attempts", "MAX_ATTEMPTS", "max_attempts", int,
      "attempts at an upload before it is dead-lettered"),
+    ("--max-deliveries", "MAX_DELIVERIES", "max_deliveries", int,
+     "failed deliveries of a message before a consumer parks it"),
     ("--api-token", "API_TOKEN", "api_token", str,
      "bearer token for the operator routes (dead letters)"),
     ("--xsrf-secret", "XSRF_SECRET", "xsrf_secret", str, "cookie secret for page forms"),
+    ("--log-format", "LOG_FORMAT", "log_format", str,
+     "text (default) or json: one JSON object per log line"),
+    ("--allowed-origins", "ALLOWED_ORIGINS", "allowed_origins", _origins,
+     "comma list of origins besides the page's own that may open /api/events"),
 ]
 
 
@@ -218,6 +322,26 @@ OTHER_NAMES = ("DATABASE_URL", "DB_TYPE", "SQLITE_DB_PATH", "PGHOST", "PGPORT", 
                "PGPASSWORD", "PGDATABASE", "AMQP_URL", "RABBITMQ_HOST", "RABBITMQ_PORT",
                "RABBITMQ_USER", "RABBITMQ_PASSWORD", "REDIS_URL", "REDIS_HOST", "REDIS_PORT",
                "REDIS_DB", "CACHE", "ROLE", "LOG_LEVEL")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags end as a ConfigError (one line, exit 2), like bad variables."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+_KINDS = {int: "a whole number", float: "a number", _words: "a comma list",
+          _sizes: "a comma list of whole numbers", _delays: "a comma list of numbers",
+          _flag: "true or false"}
+
+
+def _convert(flag, name, kind, value):
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError("%s must be %s; got %r" % ("%s (%s)" % (name, flag) if name else flag,
+                                                     _KINDS.get(kind, "text"), value)) from None
 
 
 def environment_names():
@@ -234,20 +358,21 @@ def load_config(argv=None, environ=None):
     config.cache_url = _cache_url(env)
     if env.get("CACHE") in ("memory", "none"):
         config.cache_url = env["CACHE"]
-    for _flag, name, attr, kind, _help in _SETTINGS:
+    config.log_level = env.get("LOG_LEVEL") or config.log_level
+    for flag, name, attr, kind, _help in _SETTINGS:
         if name and env.get(name):
-            setattr(config, attr, kind(env[name]))
+            setattr(config, attr, _convert(flag, name, kind, env[name]))
 
-    parser = argparse.ArgumentParser(description="Photo App: upload and serve photos.")
+    parser = _Parser(description="Photo App: upload and serve photos.")
     parser.add_argument("--role", default=env.get("ROLE", "all"),
                         help="all (default), web, processor, notifier, or a comma list")
-    for flag, _name, attr, kind, text in _SETTINGS:
-        parser.add_argument(flag, dest=attr, type=kind, default=None, help=text)
+    for flag, _name, attr, _kind, text in _SETTINGS:
+        parser.add_argument(flag, dest=attr, default=None, help=text)
     args = parser.parse_args(argv)
-    for _flag, _name, attr, _kind, _help in _SETTINGS:
+    for flag, name, attr, kind, _help in _SETTINGS:
         value = getattr(args, attr)
         if value is not None:
-            setattr(config, attr, value)
+            setattr(config, attr, _convert(flag, name, kind, value))
     roles = [r.strip() for r in args.role.split(",") if r.strip()]
     config.roles = ROLES if roles == ["all"] else tuple(dict.fromkeys(roles))
     return config.validate()

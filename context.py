@@ -4,12 +4,14 @@
 broker from the configuration, and says on the log which is in use and where.
 """
 
+import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from broker import open_broker
-from cache import open_cache
+from broker import EVENT_KEYS, IMAGE_DELETED, open_broker
+from cache import forget_image, open_cache
+from handlers.events import EventHub
 from storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,8 @@ class Context:
     cache: object
     broker: object
     image_executor: ThreadPoolExecutor
+    # This process's WebSocket clients and the events it hears for them (web role).
+    events: EventHub = field(default_factory=EventHub)
     # HTTP requests in progress, from their headers to their answer (drained at shutdown).
     requests: set = field(default_factory=set)
 
@@ -36,7 +40,18 @@ async def open_context(config):
     log.info("broker: %s", broker.describe())
     await broker.start()
     executor = ThreadPoolExecutor(config.image_workers, thread_name_prefix="image")
-    return Context(config, storage, cache, broker, executor)
+    context = Context(config, storage, cache, broker, executor)
+    if "web" in config.roles:
+        broker.subscribe(broker.topology.events_exchange, EVENT_KEYS, context.events.on_message)
+        context.events.listeners.append(lambda event: forget_deleted(context, event))
+    return context
+
+
+def forget_deleted(context, event):
+    """Every web process drops its cached copies of an image deleted on any node."""
+    if event.get("event") == IMAGE_DELETED and isinstance(event.get("image_id"), int):
+        asyncio.ensure_future(forget_image(context.cache, event["image_id"],
+                                           context.config.thumbnail_sizes))
 
 
 async def close_context(context):

@@ -10,7 +10,6 @@ main() is a chain of small steps: arguments -> config -> logging -> backends
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 
@@ -23,19 +22,13 @@ from consumers.processor import Processor
 from context import close_context, open_context
 from handlers import make_app
 from handlers.upload import MULTIPART_OVERHEAD
+from logs import setup_logging
 from storage import StorageError
 
 log = logging.getLogger("photo_app")
 
 # The consumers each role runs.
 CONSUMERS = {"processor": [Processor, DeadLetterRecorder], "notifier": [Notifier]}
-
-
-def setup_logging():
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pika").setLevel(logging.WARNING)
 
 
 def start_consumers(context):
@@ -56,11 +49,11 @@ def start_http(context):
     return server
 
 
-async def drain_requests(context, timeout):
-    """Let requests in progress be answered before their connections are closed
-    (``close_all_connections`` alone would cut them off mid-upload)."""
+async def drain_requests(context, deadline):
+    """Let requests in progress be answered, until ``deadline`` (loop time), before
+    their connections are closed (``close_all_connections`` alone would cut them
+    off mid-upload)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
     while context.requests and loop.time() < deadline:
         await asyncio.sleep(0.05)
     if context.requests:
@@ -85,18 +78,29 @@ async def serve(config):
 
     signum = await stop
     log.info("%s: shutting down", signal.Signals(signum).name)
-    if server is not None:
-        server.stop()
-        await drain_requests(context, config.shutdown_timeout)
-    for consumer in consumers:
-        await consumer.stop(config.shutdown_timeout)
-    if server is not None:
-        try:
-            await asyncio.wait_for(server.close_all_connections(), 5)
-        except asyncio.TimeoutError:
-            pass
+    await stop_roles(context, server, consumers)
     await close_context(context)
     log.info("stopped")
+
+
+async def stop_roles(context, server, consumers):
+    """Stop taking work and finish what is in flight, all within one
+    SHUTDOWN_TIMEOUT: first the HTTP listener and the requests in progress, then
+    every consumer at once with the time that is left (what does not finish goes
+    back to its queue)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + context.config.shutdown_timeout
+    if server is not None:
+        server.stop()
+        await drain_requests(context, deadline)
+    await asyncio.gather(*[consumer.stop(max(deadline - loop.time(), 0))
+                           for consumer in consumers])
+    if server is not None:
+        try:  # closing the connections left takes a moment, even past the deadline
+            await asyncio.wait_for(server.close_all_connections(),
+                                   max(deadline - loop.time(), 1))
+        except asyncio.TimeoutError:
+            pass
 
 
 def main(argv=None):
@@ -105,7 +109,7 @@ def main(argv=None):
     except ConfigError as exc:
         print("photo-app: configuration error: %s" % exc, file=sys.stderr)
         sys.exit(2)
-    setup_logging()
+    setup_logging(config.log_format, config.log_level)
     try:
         asyncio.run(serve(config))
     except StorageError as exc:

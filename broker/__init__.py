@@ -18,10 +18,14 @@ from config import Config
 # The routing keys of the contract (DESIGN.md).  Exchange and queue names get a
 # deployment prefix (AMQP_PREFIX); routing keys do not.
 UPLOAD_ROUTING_KEY = "image-processing-queue"
+IMAGE_PROCESSING = "image.processing"
 IMAGE_UPLOADED = "image.uploaded"
 IMAGE_FAILED = "image.failed"
 IMAGE_DELETED = "image.deleted"
+# Every event of the events exchange: what each web process hears for its pages.
+EVENT_KEYS = (IMAGE_PROCESSING, IMAGE_UPLOADED, IMAGE_FAILED, IMAGE_DELETED)
 DEAD_ROUTING_KEY = "dead"
+PARKED_ROUTING_KEY = "parked"
 
 
 class BrokerUnavailable(Exception):
@@ -55,7 +59,9 @@ class Topology:
     delay, so a short wait never queues behind a long one) and then flow back
     to the work queue; uploads that ran out of attempts go to the dead-letter
     queue, where they wait to be recorded and, once the cause is fixed,
-    re-queued.
+    re-queued.  A message a consumer failed too often (``MAX_DELIVERIES``, see
+    ``consumers.base``) is parked in the parking queue, which nothing consumes:
+    it waits there for an operator.
     """
 
     def __init__(self, prefix="", retry_delays=Config.retry_delays):
@@ -67,6 +73,8 @@ class Topology:
         self.dead_queue = prefix + "image-processing-queue.dead"
         self.events_exchange = prefix + "photo-app"
         self.notifications_queue = prefix + "photo-app.notifications"
+        self.parked_exchange = prefix + "photo-app.parked"
+        self.parked_queue = prefix + "photo-app.parked"
         self.retry_delays = tuple(retry_delays)
 
     @staticmethod
@@ -76,7 +84,7 @@ class Topology:
     @property
     def exchanges(self):
         return [self.upload_exchange, self.retry_exchange, self.dead_exchange,
-                self.events_exchange]
+                self.events_exchange, self.parked_exchange]
 
     @property
     def queues(self):
@@ -90,6 +98,7 @@ class Topology:
             QueueSpec(self.dead_queue, self.dead_exchange, (DEAD_ROUTING_KEY,)),
             QueueSpec(self.notifications_queue, self.events_exchange,
                       (IMAGE_UPLOADED, IMAGE_FAILED, IMAGE_DELETED)),
+            QueueSpec(self.parked_queue, self.parked_exchange, (PARKED_ROUTING_KEY,)),
         ]
 
 
@@ -103,11 +112,14 @@ class Message:
     headers: dict = field(default_factory=dict)
     redelivered: bool = False
     settle: object = field(default=None, repr=False)  # settle(ack: bool, requeue: bool)
+    settled: bool = field(default=False, repr=False, compare=False)
 
     def ack(self):
+        self.settled = True
         self.settle(True, False)
 
     def nack(self, requeue=True):
+        self.settled = True
         self.settle(False, requeue)
 
 
@@ -140,6 +152,14 @@ class Broker:
 
     async def cancel(self, queue):
         """Stop delivering from ``queue``; messages already delivered may still settle."""
+        raise NotImplementedError
+
+    def subscribe(self, exchange, routing_keys, on_message):
+        """Hear ``routing_keys`` of ``exchange`` for as long as this process runs, through
+        a private queue of its own (exclusive, server-named and auto-delete on RabbitMQ),
+        declared anew after each reconnect.  Deliveries need no settling; what is
+        published while the process is not connected is missed (fit for live updates
+        and cache invalidation, never for work)."""
         raise NotImplementedError
 
     async def close(self):

@@ -35,6 +35,7 @@ class MemoryBroker(Broker):
         self._queues = {}
         self._open = False
         self._specs = {spec.name: spec for spec in topology.queues}
+        self._subscribers = {}  # (exchange, routing key) -> [on_message]
         for spec in topology.queues:
             self._queues[spec.name] = _Queue()
             for key in spec.routing_keys:
@@ -59,8 +60,14 @@ class MemoryBroker(Broker):
         if not self._open:
             raise BrokerUnavailable("the in-process broker is closed")
         queues = self._bindings.get((exchange, routing_key), [])
-        if not queues and mandatory:
+        subscribers = self._subscribers.get((exchange, routing_key), [])
+        if not queues and not subscribers and mandatory:
             raise BrokerUnavailable("no queue is bound to %s/%s" % (exchange, routing_key))
+        loop = asyncio.get_running_loop()
+        for on_message in subscribers:
+            loop.call_soon(on_message, Message(bytes(body), routing_key, message_id,
+                                               content_type, dict(headers or {}),
+                                               settle=lambda ack, requeue: None))
         for name in queues:
             message = Message(bytes(body), routing_key, message_id, content_type,
                               dict(headers or {}))
@@ -89,6 +96,10 @@ class MemoryBroker(Broker):
 
     async def cancel(self, queue):
         self._queues[queue].consumers.clear()
+
+    def subscribe(self, exchange, routing_keys, on_message):
+        for key in routing_keys:
+            self._subscribers.setdefault((exchange, key), []).append(on_message)
 
     async def close(self):
         self._open = False

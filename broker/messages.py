@@ -18,6 +18,9 @@ MAX_NICKNAME = 100
 # Headers the processor adds when an upload goes to a retry or dead-letter queue.
 ATTEMPTS_HEADER = "x-attempts"  # attempts that failed so far
 ERROR_HEADER = "x-error"        # why the last one failed
+# Header a consumer adds when it parks a message (consumers/base.py): the queue it came from.
+PARKED_FROM_HEADER = "x-parked-from"
+MAX_REQUEST_ID = 200
 
 
 class InvalidUpload(ValueError):
@@ -28,9 +31,37 @@ class InvalidUpload(ValueError):
 BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+def _is_control(ch):
+    return ord(ch) < 32 or 127 <= ord(ch) < 160 or ch in BIDI_CONTROLS
+
+
 def has_control_characters(text):
     """C0 and C1 controls, DEL, and bidirectional overrides: never in a nickname."""
-    return any(ord(ch) < 32 or 127 <= ord(ch) < 160 or ch in BIDI_CONTROLS for ch in text)
+    return any(_is_control(ch) for ch in text)
+
+
+def header_text(value):
+    """A header's value as text (bytes decoded, None as ""), as another AMQP client may send it."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def printable(value):
+    """A header's text without control characters: fit to record, whatever a client
+    sent (PostgreSQL refuses the NUL character in text)."""
+    return "".join(ch for ch in header_text(value) if not _is_control(ch))
+
+
+def recorded_nickname(value):
+    """The nickname to record on an upload that breaks the rules (failed or
+    dead-lettered): printable, trimmed, at most MAX_NICKNAME characters."""
+    return printable(value).strip()[:MAX_NICKNAME]
+
+
+def usable_request_id(value):
+    """True for a message id that can be recorded as a request id."""
+    return bool(value) and len(value) <= MAX_REQUEST_ID and not has_control_characters(value)
 
 
 def clean_nickname(value):
@@ -64,21 +95,25 @@ class Upload:
         """Read an upload message; InvalidUpload if it breaks the contract."""
         if not message.message_id:
             raise InvalidUpload("the message has no message_id (the request id)")
+        if not usable_request_id(message.message_id):
+            raise InvalidUpload("the message_id holds control characters or is longer than "
+                                "%d characters" % MAX_REQUEST_ID)
         headers = message.headers or {}
-        nickname = headers.get("nickname")
-        if isinstance(nickname, bytes):
-            nickname = nickname.decode("utf-8", "replace")
-        filename = headers.get("filename") or ""
-        if isinstance(filename, bytes):
-            filename = filename.decode("utf-8", "replace")
-        upload = cls(message.message_id, "", filename, message.content_type or "",
-                     message.body)
-        upload.nickname = clean_nickname(nickname)
+        upload = cls(message.message_id, "", printable(headers.get("filename")),
+                     printable(message.content_type), message.body)
+        upload.nickname = clean_nickname(header_text(headers.get("nickname")))
         return upload
 
 
 def event_message_id(event, request_id):
     return "%s:%s" % (event, request_id)
+
+
+def deletion_event(image_id, nickname, request_id):
+    """``(message_id, body)`` of ``image.deleted``: the same id on every publish of it."""
+    body = {"event": "image.deleted", "image_id": image_id, "nickname": nickname,
+            "request_id": request_id}
+    return event_message_id("image.deleted", image_id), json.dumps(body).encode()
 
 
 def image_event(event, request_id, image=None, upload=None, error=None):
@@ -92,7 +127,8 @@ def image_event(event, request_id, image=None, upload=None, error=None):
         body.update(image_id=image["id"], nickname=image["nickname"],
                     mime_type=image["mime_type"], width=image["width"],
                     height=image["height"], size=image["size"],
-                    url="/api/images/%s/content" % image["id"])
+                    url="/api/images/%s/content" % image["id"],
+                    duplicate=bool(image.get("duplicate")))
     if error is not None:
         body["error"] = error
     return json.dumps(body).encode()

@@ -14,24 +14,17 @@ consumer resumes.  The loop itself is never stopped and nothing sleeps on it.
 
 import asyncio
 import logging
-import urllib.parse
 
 import pika
 from pika.adapters.tornado_connection import TornadoConnection
 from tornado.ioloop import IOLoop
 
 from broker import Broker, BrokerUnavailable, Message
+from config import redact_url
 
 log = logging.getLogger(__name__)
 
 MIN_DELAY, MAX_DELAY = 1.0, 30.0
-
-
-def _redact(url):
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        parts = parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@"))
-    return urllib.parse.urlunsplit(parts)
 
 
 class _Callback:
@@ -64,6 +57,7 @@ class RabbitMQBroker(Broker):
         self._next_tag = 0
         self._consumers = {}          # queue -> (on_message, prefetch)
         self._consumer_channels = {}  # queue -> (channel, consumer tag)
+        self._subscriptions = []      # (exchange, routing keys, on_message)
         self.connected = asyncio.Event()
         self._stopping = asyncio.Event()  # set by close(): cuts a reconnect delay short
 
@@ -73,7 +67,7 @@ class RabbitMQBroker(Broker):
 
     def describe(self):
         prefix = self.topology.prefix
-        return "rabbitmq at %s%s" % (_redact(self.url),
+        return "rabbitmq at %s%s" % (redact_url(self.url),
                                      " (name prefix %r)" % prefix if prefix else "")
 
     async def start(self):
@@ -143,6 +137,8 @@ class RabbitMQBroker(Broker):
         self._channel = channel
         for queue in list(self._consumers):
             await self._start_consumer(queue)
+        for subscription in self._subscriptions:
+            await self._start_subscription(*subscription)
 
     async def _open_channel(self):
         opened = _Callback(self)
@@ -258,15 +254,15 @@ class RabbitMQBroker(Broker):
     def consume(self, queue, on_message, prefetch):
         self._consumers[queue] = (on_message, prefetch)
         if self._channel is not None:
-            asyncio.ensure_future(self._start_late_consumer(queue))
+            asyncio.ensure_future(self._start_late(self._start_consumer, queue))
 
-    async def _start_late_consumer(self, queue):
-        """A consumer added while connected; if its channel cannot open, reconnect
-        (every consumer starts again on a new connection)."""
+    async def _start_late(self, start, *args):
+        """A consumer or subscription added while connected; if its channel cannot
+        open, reconnect (every one starts again on a new connection)."""
         try:
-            await self._start_consumer(queue)
+            await start(*args)
         except Exception as exc:
-            log.warning("rabbitmq: cannot consume %s yet (%r); reconnecting", queue, exc)
+            log.warning("rabbitmq: cannot consume %s yet (%r); reconnecting", args[0], exc)
             if self._connection is not None and self._connection.is_open:
                 self._connection.close()
 
@@ -287,6 +283,34 @@ class RabbitMQBroker(Broker):
         tag = channel.basic_consume(queue, deliver, callback=done)
         await done.future
         self._consumer_channels[queue] = (channel, tag)
+
+    def subscribe(self, exchange, routing_keys, on_message):
+        subscription = (exchange, tuple(routing_keys), on_message)
+        self._subscriptions.append(subscription)
+        if self._channel is not None:
+            asyncio.ensure_future(self._start_late(self._start_subscription, *subscription))
+
+    async def _start_subscription(self, exchange, routing_keys, on_message):
+        """A server-named queue of this connection's own, bound to ``routing_keys``;
+        RabbitMQ deletes it when the connection goes, and the next connection makes
+        another."""
+        channel = await self._open_channel()
+        declared = _Callback(self)
+        channel.queue_declare("", exclusive=True, auto_delete=True, callback=declared)
+        queue = (await declared.future).method.queue
+        for key in routing_keys:
+            done = _Callback(self)
+            channel.queue_bind(queue, exchange, routing_key=key, callback=done)
+            await done.future
+
+        def deliver(ch, method, properties, body):
+            on_message(Message(body, method.routing_key, properties.message_id,
+                               properties.content_type, dict(properties.headers or {}),
+                               method.redelivered, settle=lambda ack, requeue: None))
+
+        done = _Callback(self)
+        channel.basic_consume(queue, deliver, auto_ack=True, callback=done)
+        await done.future
 
     @staticmethod
     def _settler(channel, delivery_tag):

@@ -1,7 +1,9 @@
 """The read cache for image bytes: originals and thumbnails, keyed by image id.
 
 Images never change once stored, so entries never go stale; they only leave
-when memory is short (or, later, when an image is deleted).  An entry keeps the
+when memory is short, or when the image is deleted (``forget_image``: the
+deleting process drops them, and every web process drops its own on the
+``image.deleted`` event).  An entry keeps the
 bytes as bytes beside their mime type and ETag; nothing is joined by a
 separator that could occur in image data.
 
@@ -18,6 +20,12 @@ def content_key(image_id):
 
 def thumbnail_key(image_id, size):
     return "thumbnail:%s:%s" % (image_id, size)
+
+
+async def forget_image(cache, image_id, thumbnail_sizes):
+    """Drop every entry of a deleted image: its original and each thumbnail."""
+    for key in [content_key(image_id)] + [thumbnail_key(image_id, s) for s in thumbnail_sizes]:
+        await cache.delete(key)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from cache import Cache, CachedImage
+from config import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class RedisCache(Cache):
         self._healthy = True
 
     def describe(self):
-        return "redis at %s (key prefix %r)" % (self.url, self.prefix)
+        return "redis at %s (key prefix %r)" % (redact_url(self.url), self.prefix)
 
     def _key(self, key):
         return "%s%s" % (self.prefix, key)

@@ -12,29 +12,27 @@ lists what it recorded; ``POST /api/failed/{request_id}/requeue`` sends one back
 import logging
 
 from broker import IMAGE_FAILED
-from broker.messages import ATTEMPTS_HEADER, ERROR_HEADER
+from broker.messages import (ATTEMPTS_HEADER, ERROR_HEADER, printable, recorded_nickname,
+                             usable_request_id)
 from consumers.base import Consumer
 
 log = logging.getLogger(__name__)
-
-
-def _text(value):
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
 
 
 class DeadLetterRecorder(Consumer):
     QUEUE = "dead_queue"
 
     async def handle(self, message):
-        if not message.message_id:
-            log.warning("dropping a dead letter without a request id")
+        if not usable_request_id(message.message_id):
+            log.warning("dropping a dead letter without a usable request id: %r",
+                        message.message_id)
             return
         headers = message.headers or {}
         attempts = int(headers.get(ATTEMPTS_HEADER, 0))
-        reason = "gave up after %d attempts: %s" % (attempts, _text(headers.get(ERROR_HEADER)))
+        reason = "gave up after %d attempts: %s" % (attempts, printable(headers.get(ERROR_HEADER)))
         upload = await self.context.storage.record_dead_letter(
-            message.message_id, _text(headers.get("nickname"))[:100],
-            _text(headers.get("filename")), message.content_type or "", message.body,
+            message.message_id, recorded_nickname(headers.get("nickname")),
+            printable(headers.get("filename")), printable(message.content_type), message.body,
             attempts, reason)
         log.warning("upload %s recorded as a dead letter: %s", message.message_id, reason)
         if upload["status"] != "stored":

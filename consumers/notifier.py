@@ -13,6 +13,7 @@ import sys
 
 from broker.messages import event_message_id
 from consumers.base import Consumer
+from logs import set_request_id
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("photo_app.notifications")
@@ -38,6 +39,7 @@ class Notifier(Consumer):
         try:
             event = json.loads(message.body)
             key = message.message_id or event_message_id(event["event"], event["request_id"])
+            set_request_id(event.get("request_id") if isinstance(event, dict) else None)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("dropping a notification that breaks the contract (%s): %r",
                         exc, message.body[:200])

@@ -1,6 +1,7 @@
 """The processor: upload messages in, validated images in the database, events out.
 
-For each upload: mark it ``processing``; validate it, orient it, read its EXIF
+For each upload: mark it ``processing`` and announce it (``image.processing``, for
+live pages); validate it, orient it, read its EXIF
 and make its thumbnails in the image executor (Pillow, off the IOLoop); store
 it with its thumbnails and mark it ``stored`` in one transaction; publish
 ``image.uploaded`` and wait for the broker's confirm; only then is the message
@@ -8,7 +9,9 @@ acked.  A redelivered upload finds its request id already stored and only
 publishes the event again; the same bytes under the same nickname end
 ``stored`` pointing at the image stored before, marked duplicate.  A body that
 is not a valid image ends ``failed`` with the reason, publishes
-``image.failed`` and is acked.
+``image.failed`` and is acked.  Every final status is final: a redelivered
+upload that ended ``stored`` or ``failed`` (dead-lettered included) only
+publishes its own final event again; one that was ``refused`` is dropped.
 
 A passing fault (the database down, the event not confirmed) sends the upload
 to a retry queue, to come back after a delay that grows with each attempt;
@@ -22,12 +25,14 @@ import asyncio
 import sys
 import logging
 
-from broker import DEAD_ROUTING_KEY, IMAGE_FAILED, IMAGE_UPLOADED, BrokerUnavailable
-from broker.messages import ATTEMPTS_HEADER, ERROR_HEADER, InvalidUpload, Upload
+from broker import (DEAD_ROUTING_KEY, IMAGE_FAILED, IMAGE_PROCESSING, IMAGE_UPLOADED,
+                    BrokerUnavailable)
+from broker.messages import (ATTEMPTS_HEADER, ERROR_HEADER, InvalidUpload, Upload,
+                             recorded_nickname, usable_request_id)
 from consumers.base import Consumer
 from imaging import InvalidImage
 from imaging.process import ImagingSettings, process
-from storage import REFUSED, STORED, NewImage
+from storage import DELETED, FAILED, REFUSED, STORED, NewImage
 
 log = logging.getLogger(__name__)
 
@@ -44,30 +49,26 @@ class Processor(Consumer):
         try:
             upload = Upload.from_message(message)
         except InvalidUpload as exc:
-            if not message.message_id:
-                log.warning("dropping an upload message without a request id: %s", exc)
+            if not usable_request_id(message.message_id):
+                log.warning("dropping an upload message without a usable request id: %s", exc)
                 return
-            nickname = str((message.headers or {}).get("nickname") or "")[:100]
-            await storage.mark_failed(message.message_id, nickname, str(exc))
-            await self.publish_event(IMAGE_FAILED, message.message_id, error=str(exc))
+            nickname = recorded_nickname((message.headers or {}).get("nickname"))
+            failed = await storage.mark_failed(message.message_id, nickname, str(exc))
+            if failed["status"] == FAILED:
+                await self.publish_event(IMAGE_FAILED, message.message_id, error=str(exc))
             return
 
         current = await storage.mark_processing(upload.request_id, upload.nickname)
-        if current["status"] == REFUSED:
-            log.info("upload %s was refused at upload (503), dropped", upload.request_id)
+        if current["status"] in (REFUSED, STORED, FAILED, DELETED):
+            await self.finished_before(upload, current)
             return
-        if current["attempts"] > self.context.config.max_attempts and current["status"] != STORED:
+        if current["attempts"] > self.context.config.max_attempts:
             await self.dead_letter(message, current["attempts"] - 1, "delivered %d times without "
                                    "finishing (did the processor crash on it?)"
                                    % (current["attempts"] - 1))
             return
-        if current["status"] == STORED:
-            image = await storage.get_image(current["image_id"])
-            log.info("upload %s was stored before (redelivery); image %s",
-                     upload.request_id, image["id"])
-            await self.publish_event(IMAGE_UPLOADED, upload.request_id, image=image)
-            return
 
+        await self.publish_event(IMAGE_PROCESSING, upload.request_id, upload=upload)
         try:
             processed = await asyncio.get_running_loop().run_in_executor(
                 self.context.image_executor, process, upload.data, self.settings)
@@ -81,10 +82,35 @@ class Processor(Consumer):
             upload.nickname, processed.mime_type, processed.data, processed.width,
             processed.height, processed.sha256, processed.taken_at, processed.camera,
             processed.thumbnails))
+        if image is None:
+            log.info("upload %s: its image was deleted meanwhile; not stored again",
+                     upload.request_id)
+            return
         log.info("upload %s stored as image %s (%s, %dx%d, %d bytes%s)", upload.request_id,
                  image["id"], image["mime_type"], image["width"], image["height"], image["size"],
                  ", a duplicate" if image["duplicate"] else "")
         await self.publish_event(IMAGE_UPLOADED, upload.request_id, image=image)
+
+    async def finished_before(self, upload, current):
+        """A redelivered upload that already ended: publish its final event again
+        (its message id is the same, so listeners drop the repeat), nothing more."""
+        status, image = current["status"], None
+        if status == STORED:  # None if the image was deleted since
+            image = await self.context.storage.get_image(current["image_id"])
+        if status == REFUSED:
+            log.info("upload %s was refused at upload (503), dropped", upload.request_id)
+        elif status == DELETED or (status == STORED and image is None):
+            log.info("upload %s: its image was deleted; not stored again", upload.request_id)
+        elif status == STORED:
+            log.info("upload %s was stored before (redelivery); image %s",
+                     upload.request_id, image["id"])
+            await self.publish_event(IMAGE_UPLOADED, upload.request_id,
+                                     image=dict(image, duplicate=current["duplicate"]))
+        else:
+            log.info("upload %s ended failed before (redelivery): %s", upload.request_id,
+                     current["error"])
+            await self.publish_event(IMAGE_FAILED, upload.request_id, upload=upload,
+                                     error=current["error"])
 
     async def on_failure(self, message, exc):
         config, broker = self.context.config, self.context.broker

@@ -13,9 +13,11 @@ import secrets
 import tornado.web
 
 from handlers.base import NotFoundHandler
+from handlers.events import MAX_MESSAGE_SIZE, PING_INTERVAL, EventsHandler
 from handlers.failed import FailedListHandler, RequeueHandler
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.html import StaticHandler
+from handlers.login import LoginHandler, LogoutHandler
 from handlers.images import (ImageContentHandler, ImageHandler, ImagesHandler,
                              ThumbnailHandler, UploadStatusHandler)
 from handlers.openapi import OpenApiHandler, openapi_document
@@ -24,6 +26,7 @@ from handlers.seed import DbTypeHandler, NicknameImagesHandler, SniffMimeHandler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("tornado.access")
 
 
 def web_routes(context):
@@ -35,6 +38,7 @@ def web_routes(context):
         (r"/api/images/(?P<image_id>[0-9]{1,18})", ImageHandler, deps),
         (r"/api/images/(?P<image_id>[0-9]{1,18})/content", ImageContentHandler, deps),
         (r"/api/images/(?P<image_id>[0-9]{1,18})/thumbnail", ThumbnailHandler, deps),
+        (r"/api/events", EventsHandler, deps),
         (r"/api/failed", FailedListHandler, deps),
         (r"/api/failed/(?P<request_id>[0-9a-zA-Z-]{1,64})/requeue", RequeueHandler, deps),
         (r"/api/openapi\.json", OpenApiHandler, deps),
@@ -44,11 +48,27 @@ def web_routes(context):
         (r"/gallery", GalleryHandler, deps),
         (r"/photos/(?P<image_id>[0-9]{1,18})", PhotoHandler, deps),
         (r"/uploads/(?P<request_id>[0-9a-zA-Z-]{1,64})", UploadPageHandler, deps),
+        (r"/login", LoginHandler, deps),
+        (r"/logout", LogoutHandler, deps),
         # the seed's routes (its POST / is IndexHandler's)
         (r"/images/(?P<nickname>[^/]+)", NicknameImagesHandler, deps),
         (r"/dbtype", DbTypeHandler, deps),
         (r"/sniff-mime", SniffMimeHandler, deps),
     ]
+
+
+def log_request(handler):
+    """One access line per request: status, method, path, route (the handler), duration
+    and, through logs.RequestIdFilter, the upload's request id where there is one."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    route = type(handler).__name__
+    duration_ms = round(1000.0 * request.request_time(), 2)
+    access_log.log(level, "%d %s %s %s %.2fms", status, request.method, request.uri, route,
+                   duration_ms, extra={"method": request.method, "path": request.path,
+                                       "route": route, "status": status,
+                                       "duration_ms": duration_ms})
 
 
 def cookie_secret(config):
@@ -74,4 +94,7 @@ def make_app(context):
         # routes (uploads, /sniff-mime, operator routes) override check_xsrf_cookie.
         xsrf_cookies=True,
         cookie_secret=cookie_secret(context.config),
+        log_function=log_request,
+        websocket_ping_interval=PING_INTERVAL,
+        websocket_max_message_size=MAX_MESSAGE_SIZE,
     )

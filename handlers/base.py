@@ -1,5 +1,8 @@
-"""What every handler shares: the context, JSON errors and JSON answers."""
+"""What every handler shares: the context, JSON errors and JSON answers, and the
+operator's credentials."""
 
+import hashlib
+import hmac
 import json
 
 import tornado.web
@@ -28,15 +31,31 @@ class ApiError(tornado.web.HTTPError):
             self.headers["Retry-After"] = str(retry_after)
 
 
+# A 401 names the scheme to use (RFC 9110 11.6.1).
+BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
 # Pages load scripts and styles from static/ only: no inline script can run.
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
                "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
                "frame-ancestors 'none'; form-action 'self'")
 
 
+# The signed cookie of an operator signed in at /login (handlers/login.py).
+OPERATOR_COOKIE = "operator"
+OPERATOR_COOKIE_DAYS = 1
+
+
+def operator_cookie_value(token):
+    """What the operator cookie holds: tied to API_TOKEN, so a new token signs everyone out."""
+    return hashlib.sha256(b"photo-app operator:" + token.encode()).hexdigest()
+
+
 class BaseHandler(tornado.web.RequestHandler):
     # Sent with every answer; handlers of raw bytes send a stricter one.
     content_security_policy = PAGE_POLICY
+    # Methods that act for an operator: Authorization: Bearer $API_TOKEN, or the
+    # cookie of /login together with the XSRF token (require_operator).
+    operator_methods = ()
 
     def initialize(self, context):
         self.context = context
@@ -57,8 +76,41 @@ class BaseHandler(tornado.web.RequestHandler):
     def check_xsrf_cookie(self):
         # A method this handler does not serve is answered 405 (or the unknown
         # path 404), not 403: there is nothing to protect.
-        if self.request.method in self.allowed_methods():
-            super().check_xsrf_cookie()
+        if self.request.method not in self.allowed_methods():
+            return
+        # An operator's header is an authority a browser never adds on its own, and a
+        # request with no credentials at all is answered 401 by require_operator; only
+        # the signed-in cookie needs the XSRF token beside it.
+        if self.request.method in self.operator_methods and (
+                "Authorization" in self.request.headers or not self.signed_in()):
+            return
+        super().check_xsrf_cookie()
+
+    def signed_in(self):
+        """Whether the request carries a valid operator cookie (for the current token)."""
+        token = self.config.api_token
+        value = self.get_signed_cookie(OPERATOR_COOKIE, max_age_days=OPERATOR_COOKIE_DAYS)
+        return bool(token and value and hmac.compare_digest(
+            value, operator_cookie_value(token).encode()))
+
+    def require_operator(self):
+        """Refuse the request unless it comes from an operator: 403 while API_TOKEN is
+        unset, 401 without credentials, 403 with wrong ones."""
+        token = self.config.api_token
+        if not token:
+            raise ApiError(403, "forbidden", "set API_TOKEN to use the operator routes")
+        given = self.request.headers.get("Authorization")
+        if given is None:
+            if self.signed_in():
+                return  # and check_xsrf_cookie has checked its XSRF token
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <API_TOKEN>, "
+                           "or sign in at /login", headers=BEARER_CHALLENGE)
+        scheme, _, credentials = given.partition(" ")
+        if scheme.lower() != "bearer" or not credentials:
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <API_TOKEN>",
+                           headers=BEARER_CHALLENGE)
+        if not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+            raise ApiError(403, "forbidden", "the token is not the API token")
 
     def query_argument(self, name, default=None):
         """The query parameter ``name`` (``default`` when absent), or a 400 when it

@@ -4,8 +4,6 @@ Both routes need ``Authorization: Bearer <API_TOKEN>``; without a configured
 token they are closed (403), since they act on everyone's uploads.
 """
 
-import hmac
-
 from broker import UPLOAD_ROUTING_KEY, BrokerUnavailable
 from handlers.base import ApiError, BaseHandler
 from handlers.openapi import error, json_answer, operation, operator, ref, unavailable
@@ -13,17 +11,10 @@ from handlers.upload import RETRY_AFTER
 
 
 class OperatorHandler(BaseHandler):
-    def prepare(self):
-        token = self.config.api_token
-        if not token:
-            raise ApiError(403, "forbidden", "set API_TOKEN to use the operator routes")
-        given = self.request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), ("Bearer " + token).encode()):
-            raise ApiError(401, "unauthorized", "send Authorization: Bearer <API_TOKEN>",
-                           headers={"WWW-Authenticate": "Bearer"})
+    operator_methods = ("GET", "POST")
 
-    def check_xsrf_cookie(self):
-        pass  # authorised by a header a browser never adds on its own
+    def prepare(self):
+        self.require_operator()
 
 
 class FailedListHandler(OperatorHandler):

@@ -5,13 +5,20 @@ import base64
 import hashlib
 import re
 
-from cache import CachedImage, content_key, thumbnail_key
+from broker import IMAGE_DELETED, BrokerUnavailable
+from broker.messages import deletion_event
+from cache import CachedImage, content_key, forget_image, thumbnail_key
 from handlers.base import ApiError, BaseHandler
-from handlers.openapi import error, json_answer, operation, ref, unavailable, unknown
+from handlers.openapi import (error, json_answer, operation, operator, ref, unavailable,
+                              unknown)
 from handlers.upload import UploadHandler
 from imaging import SUPPORTED_TYPES
+from logs import set_request_id
 
-IMMUTABLE = "public, max-age=31536000, immutable"
+# The bytes under one id never change, but a deleted image should leave the caches
+# of browsers and proxies that kept it: a day, not a year.
+IMMUTABLE = "public, max-age=86400, immutable"
+RETRY_AFTER = 5
 # Image bytes are never a document: no script, no plugin, no same-origin rights.
 BYTES_POLICY = "default-src 'none'; sandbox"
 DEFAULT_LIMIT, MAX_LIMIT = 24, 100
@@ -138,6 +145,7 @@ class UploadStatusHandler(BaseHandler):
     @operation(summary="Where an upload is", tags=["images"], responses={
         200: json_answer("its status", ref("Upload")), 404: unknown(), 503: unavailable()})
     async def get(self, request_id):
+        set_request_id(request_id)
         upload = await self.context.storage.get_upload(request_id)
         if upload is None:
             raise ApiError(404, "unknown upload", "no upload has request id %s" % request_id)
@@ -147,7 +155,9 @@ class UploadStatusHandler(BaseHandler):
 
 
 class ImageHandler(BaseHandler):
-    """``GET /api/images/{id}``: an image's metadata."""
+    """``GET /api/images/{id}``: an image's metadata; ``DELETE``: remove it (operator)."""
+
+    operator_methods = ("DELETE",)
 
     @operation(summary="An image's metadata", tags=["images"], responses={
         200: json_answer("its metadata", ref("Image")), 404: unknown(), 503: unavailable()})
@@ -157,9 +167,49 @@ class ImageHandler(BaseHandler):
             raise not_found(image_id)
         self.write_json(image_json(image, self.config.thumbnail_sizes))
 
+    @operation(**operator(summary="Delete an image, everywhere", tags=["operator"], responses={
+        204: {"description": "deleted, and every web node told"},
+        404: error("no image has that id (or it is already deleted)"),
+        503: unavailable("deleted but not yet announced (send the same DELETE again), or "
+                         "the database is unavailable")}))
+    async def delete(self, image_id):
+        self.require_operator()
+        if not await delete_image(self.context, int(image_id)):
+            raise not_found(image_id)
+        self.set_status(204)
+        self.finish()
+
+
+async def delete_image(context, image_id):
+    """Remove an image everywhere: the database (image, thumbnails, a tombstone, its
+    uploads ``deleted``), the cache, and, through the confirmed ``image.deleted``
+    event, every web process's memory.  False if there is no such image.
+
+    Should the event not be confirmed, the caller answers 503 and the tombstone
+    remembers it: the same DELETE sent again announces it, and only then is a
+    further DELETE a 404."""
+    storage = context.storage
+    image = await storage.delete_image(image_id)
+    if image is None:
+        image = await storage.deleted_image(image_id)
+        if image is None or image["announced"]:
+            return False
+    await forget_image(context.cache, image_id, context.config.thumbnail_sizes)
+    broker = context.broker
+    message_id, body = deletion_event(image_id, image["nickname"], image["request_id"])
+    try:
+        await broker.publish(broker.topology.events_exchange, IMAGE_DELETED, body,
+                             message_id=message_id, content_type="application/json")
+    except BrokerUnavailable:
+        raise ApiError(503, "deleted, but not yet announced",
+                       "the image is deleted; send the same DELETE again so that every "
+                       "web node hears of it", retry_after=RETRY_AFTER) from None
+    await storage.mark_deletion_announced(image_id)
+    return True
+
 
 class ImmutableBytesHandler(BaseHandler):
-    """Bytes that never change once stored: ETag, 304 and a year of caching."""
+    """Bytes that never change once stored: ETag, 304 and a day of caching."""
 
     content_security_policy = BYTES_POLICY
 

@@ -66,6 +66,11 @@ def html_answer(description):
     return {"description": description, "content": dict(HTML)}
 
 
+def redirect(description):
+    return {"description": description, "headers": {
+        "Location": {"required": True, "schema": {"type": "string"}}}}
+
+
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again",
                                "required": True, "schema": {"type": "integer", "minimum": 1}}}
 
@@ -121,9 +126,10 @@ def operator(**fields):
     """An operator route's operation: the bearer token, and its 401 and 403 answers."""
     fields["responses"] = {
         **fields["responses"],
-        401: error("no Authorization: Bearer header, or a wrong token", {
+        401: error("no credentials: no Authorization: Bearer header, no operator cookie", {
             "WWW-Authenticate": {"required": True, "schema": {"type": "string"}}}),
-        403: error("API_TOKEN is not set: the operator routes are closed")}
+        403: error("a wrong token, a cookie without the XSRF token, or API_TOKEN is not set "
+                   "(the operator routes are closed)")}
     return dict(fields, security=[{"bearerToken": []}])
 
 
@@ -149,7 +155,7 @@ SCHEMAS = {
         ["request_id", "nickname", "status", "image_id", "duplicate", "error", "attempts",
          "dead_lettered", "created_at", "updated_at"],
         request_id=STRING, nickname=STRING,
-        status={"enum": ["queued", "processing", "stored", "failed", "refused"]},
+        status={"enum": ["queued", "processing", "stored", "failed", "refused", "deleted"]},
         image_id=nullable(INTEGER), image_url=STRING, duplicate=BOOLEAN,
         error=nullable(STRING), attempts=INTEGER, dead_lettered=BOOLEAN,
         created_at=STRING, updated_at=STRING),

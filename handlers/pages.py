@@ -12,7 +12,7 @@ from handlers.images import (DEFAULT_LIMIT, LIST_ERRORS, LIST_PARAMETERS, list_p
                              parse_limit)
 from handlers.openapi import error, html_answer, operation, unavailable
 from handlers.seed import SeedUploadHandler
-from storage import FAILED, STORED
+from storage import DELETED, FAILED, REFUSED, STORED
 
 RECENT = 12  # images on the upload page
 
@@ -72,7 +72,7 @@ class PhotoHandler(PageHandler):
         image = await self.context.storage.get_image(int(image_id))
         if image is None:
             raise not_found(image_id)
-        self.render("photo.html", image=image)
+        self.render("photo.html", image=image, operator=self.signed_in())
 
 
 class UploadPageHandler(PageHandler):
@@ -84,4 +84,5 @@ class UploadPageHandler(PageHandler):
         upload = await self.context.storage.get_upload(request_id)
         if upload is None:
             raise ApiError(404, "unknown upload", "no upload has request id %s" % request_id)
-        self.render("upload.html", upload=upload, final=upload["status"] in (STORED, FAILED))
+        self.render("upload.html", upload=upload,
+                    final=upload["status"] in (STORED, FAILED, REFUSED, DELETED))

@@ -21,6 +21,7 @@ from broker import UPLOAD_ROUTING_KEY, BrokerUnavailable
 from broker.messages import InvalidUpload, Upload, clean_nickname
 from handlers.base import ApiError, BaseHandler
 from handlers.openapi import UPLOAD_BODY, json_answer, operation, ref, upload_refusals
+from logs import set_request_id
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class UploadHandler(BaseHandler):
         if self._finished:
             return  # refused while the body streamed in
         upload = self.read_upload()
+        set_request_id(upload.request_id)
         await self.accept(upload)
         self.write_json({"request_id": upload.request_id, "status": "queued",
                          "status_url": "/api/uploads/%s" % upload.request_id}, status=202)

@@ -12,10 +12,13 @@
     stored: "Stored.",
     failed: "Could not be stored."
   };
+  // Polling is the fallback for when the live socket cannot open.
   var POLL_FIRST = 300;     // ms before the first status poll
   var POLL_MAX = 2000;      // ms between polls, at most
   var GRID_EVERY = 4000;    // ms between grid refreshes while the page is seen
   var GRID_HIDDEN = 20000;  // ... and while it is in a background tab
+  var RECONNECT_FIRST = 1000, RECONNECT_MAX = 30000;  // ms between socket attempts
+  var RECENT_EVENTS = 500;  // events kept for uploads whose 202 has not arrived yet
 
   function el(tag, className, text) {
     var node = document.createElement(tag);
@@ -52,6 +55,87 @@
         return response.json();
       });
   }
+
+  // -- live updates ---------------------------------------------------------------
+  // One WebSocket per page (GET /api/events).  While it is open, statuses and grids
+  // follow its events and nothing polls; while it cannot open, the page says so
+  // quietly and polls, and tries the socket again now and then.
+
+  var live = {
+    open: false,
+    listeners: [],
+    byRequest: {},   // request id -> its events so far (an event may beat its 202)
+    requestOrder: [],
+    delay: RECONNECT_FIRST,
+
+    on: function (listener) { this.listeners.push(listener); },
+
+    tell: function (event) {
+      for (var i = 0; i < this.listeners.length; i++) { this.listeners[i](event); }
+    },
+
+    start: function () {
+      if (!window.WebSocket) { this.closed(); return; }
+      var self = this;
+      var socket;
+      try {
+        socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") +
+                               location.host + "/api/events");
+      } catch (e) {
+        this.closed();
+        return;
+      }
+      socket.addEventListener("open", function () {
+        self.open = true;
+        self.delay = RECONNECT_FIRST;
+        self.note(false);
+        self.tell({event: "live.open"});
+      });
+      socket.addEventListener("message", function (message) {
+        var event = parseJson(message.data);
+        if (!event || typeof event.event !== "string") { return; }
+        self.remember(event);
+        self.tell(event);
+      });
+      socket.addEventListener("close", function () {
+        var wasOpen = self.open;
+        self.open = false;
+        if (wasOpen || !self.noted) { self.closed(); }
+        setTimeout(function () { self.start(); }, self.delay);
+        self.delay = Math.min(self.delay * 2, RECONNECT_MAX);
+      });
+    },
+
+    closed: function () {
+      this.note(true);
+      this.tell({event: "live.closed"});
+    },
+
+    remember: function (event) {
+      if (!event.request_id) { return; }
+      if (!this.byRequest[event.request_id]) {
+        this.byRequest[event.request_id] = [];
+        this.requestOrder.push(event.request_id);
+        if (this.requestOrder.length > RECENT_EVENTS) {
+          delete this.byRequest[this.requestOrder.shift()];
+        }
+      }
+      this.byRequest[event.request_id].push(event);
+    },
+
+    note: function (show) {
+      this.noted = show;
+      var note = document.getElementById("live-note");
+      if (!note && show) {
+        note = el("p", "live-note", "Live updates are not available right now; " +
+                                    "this page checks for changes every few seconds.");
+        note.id = "live-note";
+        var main = document.querySelector("main");
+        main.insertBefore(note, main.firstChild);
+      }
+      if (note) { note.hidden = !show; }
+    }
+  };
 
   // -- the upload page ----------------------------------------------------------
 
@@ -257,15 +341,43 @@
     this.requestId.appendChild(document.createTextNode("Request "));
     this.requestId.appendChild(el("code", null, answer.request_id));
     this.show("queued");
-    this.poll(answer.status_url, POLL_FIRST, 0);
+    this.statusUrl = answer.status_url;
+    this.final = false;
+    var self = this, known = live.byRequest[answer.request_id] || [];
+    live.on(function (event) {
+      if (event.request_id === answer.request_id) {
+        self.follow(event);
+      } else if (event.event === "live.closed" && !self.final && !self.polling) {
+        self.polling = true;  // the socket is gone: poll until this upload is final
+        self.poll(self.statusUrl, POLL_FIRST, 0);
+      }
+    });
+    for (var i = 0; i < known.length; i++) { this.follow(known[i]); }
+    if (!live.open && !this.final) {
+      this.polling = true;
+      this.poll(answer.status_url, POLL_FIRST, 0);
+    }
+  };
+
+  // An event of this upload, from the socket.
+  UploadItem.prototype.follow = function (event) {
+    if (this.final) { return; }
+    if (event.event === "image.processing") {
+      this.show("processing");
+    } else if (event.event === "image.uploaded") {
+      this.update({status: "stored", image_id: event.image_id, duplicate: event.duplicate});
+    } else if (event.event === "image.failed") {
+      this.update({status: "failed", error: event.error});
+    }
   };
 
   UploadItem.prototype.poll = function (url, delay, misses) {
     var self = this;
     setTimeout(function () {
+      if (self.final) { return; }
       getJson(url).then(function (upload) {
         self.update(upload);
-        if (upload.status !== "stored" && upload.status !== "failed") {
+        if (!self.final) {
           self.poll(url, Math.min(delay * 1.5, POLL_MAX), 0);
         }
       }, function () {
@@ -279,6 +391,8 @@
   };
 
   UploadItem.prototype.update = function (upload) {
+    if (this.final) { return; }
+    this.final = upload.status === "stored" || upload.status === "failed";
     if (upload.status === "failed") {
       this.node.classList.add("refused");
       this.show("failed", "Could not be stored: " + (upload.error || "no reason was given") + ".");
@@ -309,13 +423,36 @@
     this.empty = grid.parentNode.querySelector(".empty");
     this.timer = null;
     var self = this;
-    document.addEventListener("photo-stored", function () { self.refresh(); });
-    this.schedule();
+    live.on(function (event) { self.follow(event); });
+    document.addEventListener("photo-stored", function () {
+      if (!live.open) { self.refresh(); }  // found by polling: show it at once
+    });
   }
 
+  // Events from the socket: a new photo of this grid's nickname is fetched (with the
+  // listing, so it comes with its time and thumbnail), a deleted one goes.
+  LiveGrid.prototype.follow = function (event) {
+    if (event.event === "live.open") {
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.refresh();  // what happened while the socket was not open
+    } else if (event.event === "live.closed") {
+      this.schedule();
+    } else if (event.event === "image.uploaded" &&
+               (!this.nickname || event.nickname === this.nickname)) {
+      this.refresh();
+    } else if (event.event === "image.deleted") {
+      var tile = this.grid.querySelector('.tile[data-id="' + parseInt(event.image_id, 10) + '"]');
+      if (tile) { tile.remove(); }
+      if (this.empty) { this.empty.hidden = this.grid.children.length > 0; }
+    }
+  };
+
+  // Polling, only while the socket is not open.
   LiveGrid.prototype.schedule = function () {
     var self = this;
     clearTimeout(this.timer);
+    if (live.open) { this.timer = null; return; }
     this.timer = setTimeout(function () { self.refresh(); },
                             document.hidden ? GRID_HIDDEN : GRID_EVERY);
   };
@@ -340,7 +477,7 @@
       }
       if (self.empty) { self.empty.hidden = self.grid.children.length > 0; }
     }).catch(function () { /* try again at the next tick */ })
-      .then(function () { self.schedule(); });
+      .then(function () { if (!live.open) { self.schedule(); } });
   };
 
   LiveGrid.prototype.tile = function (image) {
@@ -364,10 +501,54 @@
     return item;
   };
 
+  // -- the photo page: says so when its photo is deleted ------------------------
+
+  function PhotoPage(article) {
+    var id = parseInt(article.getAttribute("data-photo-id"), 10);
+    live.on(function (event) {
+      if (event.event === "image.deleted" && event.image_id === id) { deleted(); }
+    });
+    function deleted() {
+      if (article.querySelector(".deleted-note")) { return; }
+      article.classList.add("deleted");
+      article.insertBefore(el("p", "deleted-note", "This photo has been deleted."),
+                           article.firstChild);
+    }
+    // The operator's button (shown when signed in): a second click confirms.
+    var button = article.querySelector("button.delete");
+    if (!button) { return; }
+    button.addEventListener("click", function () {
+      if (!button.classList.contains("confirm")) {
+        button.classList.add("confirm");
+        button.textContent = "Click again to delete it for good";
+        return;
+      }
+      button.disabled = true;
+      fetch(button.getAttribute("data-delete-url"), {
+        method: "DELETE", credentials: "same-origin",
+        headers: {"X-XSRFToken": button.getAttribute("data-xsrf"), Accept: "application/json"}
+      }).then(function (response) {
+        if (response.status === 204 || response.status === 404) {
+          button.parentNode.remove();
+          deleted();
+          return;
+        }
+        return response.json().catch(function () { return {}; }).then(function (body) {
+          button.disabled = false;
+          button.textContent = "Not deleted (" + (body.error || "HTTP " + response.status) +
+                               "); click to try again";
+        });
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     var form = document.getElementById("upload-form");
     if (form) { new UploadForm(form); }
     var grids = document.querySelectorAll("[data-live-grid]");
     for (var i = 0; i < grids.length; i++) { new LiveGrid(grids[i]); }
+    var photo = document.querySelector("[data-photo-id]");
+    if (photo) { new PhotoPage(photo); }
+    if (form || grids.length || photo) { live.start(); }
   });
 }());

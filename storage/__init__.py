@@ -15,6 +15,8 @@ QUEUED, PROCESSING, STORED, FAILED = "queued", "processing", "stored", "failed"
 # An upload answered 503: the broker did not confirm it.  Should the message
 # reach the processor anyway, it is dropped, since its client was told to retry.
 REFUSED = "refused"
+# The upload's image was deleted (DELETE /api/images/{id}); a redelivery never brings it back.
+DELETED = "deleted"
 
 
 class StorageError(Exception):
@@ -82,7 +84,8 @@ class Storage:
 
     async def store_image(self, request_id, image):
         """Store ``image`` (a NewImage) and its thumbnails and mark the upload
-        ``stored``, in one transaction.  A request id stored before returns the
+        ``stored``, in one transaction; None, storing nothing, when the upload's
+        image was deleted meanwhile.  A request id stored before returns the
         image stored then; the same bytes stored before under the same nickname
         are not stored again: the upload points at that image, marked duplicate.
         Returns the image, with ``duplicate`` saying which happened."""
@@ -103,6 +106,21 @@ class Storage:
         """Up to ``limit`` images (metadata, no bytes), newest first (by id), of
         ``nickname`` if given, with an id below ``before_id`` if given: keyset
         pagination, so pages neither repeat nor skip while uploads arrive."""
+        raise NotImplementedError
+
+    async def delete_image(self, image_id):
+        """Remove the image and its thumbnails, end every upload that points at it
+        ``deleted`` and keep a tombstone (``deleted_image``), in one transaction.
+        Returns the image as it was, or None when there is no such image."""
+        raise NotImplementedError
+
+    async def deleted_image(self, image_id):
+        """The tombstone of a deleted image (``image_id``, ``request_id``,
+        ``nickname``, ``announced``), or None."""
+        raise NotImplementedError
+
+    async def mark_deletion_announced(self, image_id):
+        """The ``image.deleted`` event of the tombstone was confirmed by the broker."""
         raise NotImplementedError
 
     async def record_dead_letter(self, request_id, nickname, filename, content_type, data,

@@ -2,11 +2,14 @@
 
 Every call runs on the storage thread pool, which is as large as the
 connection pool, so a thread never waits for a connection.  When a connection
-fails at the connection level (the server restarted or went away), it is
-closed together with every idle one, since they share its fate, and the call
-is tried once more on a fresh connection (``SQLStorage._run``).  While the
-server is down, calls fail fast with ``StorageError``: connecting is bounded
-by ``connect_timeout`` and statements by ``statement_timeout``.
+dies under a call (the server restarted or went away, refused or reset the
+connection: the driver then marks the connection closed, or raises
+InterfaceError), it is closed together with every idle one, since they share
+its fate, and the call is tried once more on a fresh connection
+(``SQLStorage._run``).  Any other error, a statement timeout (QueryCanceled)
+included, leaves the pool alone and is not retried.  While the server is down,
+calls fail fast with ``StorageError``: connecting is bounded by
+``connect_timeout`` and statements by ``statement_timeout``.
 """
 
 import contextlib
@@ -17,7 +20,8 @@ import urllib.parse
 import psycopg2
 import psycopg2.errors
 
-from storage.sql import SQLStorage
+from config import redact_url
+from storage.sql import ConnectionLost, SQLStorage
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +31,6 @@ CONNECT_OPTIONS = {"connect_timeout": 5, "options": "-c statement_timeout=30000"
                    "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
                    "keepalives_count": 3}
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
-
-
-def _redact(url):
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        parts = parts._replace(netloc=netloc)
-    return urllib.parse.urlunsplit(parts)
 
 
 def create_database_if_missing(url):
@@ -103,7 +99,6 @@ class PostgresStorage(SQLStorage):
     column_types = {"id_column": "BIGSERIAL PRIMARY KEY",
                     "timestamp": "TIMESTAMPTZ", "blob": "BYTEA"}
     driver_errors = CONNECTION_ERRORS
-    reconnect_errors = CONNECTION_ERRORS
 
     def __init__(self, url, pool_size=8):
         super().__init__(pool_size)
@@ -111,7 +106,7 @@ class PostgresStorage(SQLStorage):
         self._pool = ConnectionPool(url)
 
     def describe(self):
-        return "postgres at %s" % _redact(self.url)
+        return "postgres at %s" % redact_url(self.url)
 
     async def migrate(self):
         await self._in_thread(create_database_if_missing, self.url)
@@ -119,16 +114,18 @@ class PostgresStorage(SQLStorage):
 
     @contextlib.contextmanager
     def _connection(self, write):
-        conn = self._pool.get()
+        try:
+            conn = self._pool.get()
+        except psycopg2.OperationalError as exc:  # refused, unreachable: no call ran yet
+            raise ConnectionLost() from exc
         try:
             with conn:  # commits on success, rolls back on error
                 yield conn
-        except CONNECTION_ERRORS:
-            self._pool.discard(conn)
-            raise
-        except Exception:
-            if conn.closed:
+        except Exception as exc:
+            if conn.closed or isinstance(exc, psycopg2.InterfaceError):
                 self._pool.discard(conn)
+                if isinstance(exc, CONNECTION_ERRORS):
+                    raise ConnectionLost() from exc
             else:
                 self._pool.put(conn)
             raise

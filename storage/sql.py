@@ -9,7 +9,8 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-from storage import FAILED, PROCESSING, QUEUED, REFUSED, STORED, Storage, StorageError
+from storage import (DELETED, FAILED, PROCESSING, QUEUED, REFUSED, STORED, Storage,
+                     StorageError)
 
 # Each entry is one schema version; never edit one that has shipped, append.
 MIGRATIONS = [
@@ -70,6 +71,15 @@ MIGRATIONS = [
         created_at {timestamp} NOT NULL
     )
     """,
+    """
+    CREATE TABLE deleted_images (
+        image_id BIGINT PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        nickname TEXT NOT NULL,
+        announced INTEGER NOT NULL DEFAULT 0,
+        deleted_at {timestamp} NOT NULL
+    )
+    """,
 ]
 
 IMAGE_COLUMNS = ("id, request_id, nickname, mime_type, size, width, height, sha256, created_at, "
@@ -91,14 +101,22 @@ def iso(value):
     return value
 
 
+class ConnectionLost(Exception):
+    """Raised by a backend's ``_connection`` (from the driver's error) when the
+    connection itself died under a call: the server went away, refused or reset
+    it.  Only then is the call run again, on a fresh connection."""
+
+
+def _describe(exc):
+    return "%s: %s" % (type(exc).__name__, str(exc).strip())
+
+
 class SQLStorage(Storage):
     column_types = {}
     # Exceptions of the driver that mean "the database is unavailable".
     driver_errors = ()
     # Exceptions among driver_errors that are the caller's fault; raised unchanged.
     passed_errors = ()
-    # Exceptions after which a call is tried once more on a fresh connection.
-    reconnect_errors = ()
 
     def __init__(self, threads):
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="storage")
@@ -122,15 +140,19 @@ class SQLStorage(Storage):
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except self.passed_errors:
             raise
+        except ConnectionLost as exc:
+            raise StorageError(_describe(exc.__cause__)) from exc.__cause__
         except self.driver_errors as exc:
-            raise StorageError("%s: %s" % (type(exc).__name__, str(exc).strip())) from exc
+            raise StorageError(_describe(exc)) from exc
 
     async def _run(self, fn, *args, write=False):
         """Run ``fn(cursor, *args)`` in one transaction on the thread pool.
 
-        A connection that turns out dead (the server restarted since it was
-        opened) is replaced and the call made once more; every call here is
-        idempotent, so a second run after a lost commit answer is harmless."""
+        A connection that turns out dead (``ConnectionLost``: the server
+        restarted since it was opened) is replaced and the call made once more;
+        every call here is idempotent, so a second run after a lost commit
+        answer is harmless.  Any other error (a statement timeout included)
+        ends the call: running it again would only double its cost."""
         def call():
             for attempt in (1, 2):
                 try:
@@ -140,7 +162,7 @@ class SQLStorage(Storage):
                             return fn(cursor, *args)
                         finally:
                             cursor.close()
-                except self.reconnect_errors:
+                except ConnectionLost:
                     if attempt == 2:
                         raise
         return await self._in_thread(call)
@@ -233,6 +255,8 @@ class SQLStorage(Storage):
     async def store_image(self, request_id, image):
         def store(cursor):
             now = utc_now()
+            if self._upload_deleted(cursor, request_id):
+                return None
             # Either unique key may hold: the request id (a redelivery) or the
             # nickname and bytes (the same photo uploaded again).
             self._execute(cursor, "INSERT INTO images (request_id, nickname, mime_type, size, "
@@ -259,6 +283,47 @@ class SQLStorage(Storage):
                           (STORED, stored["id"], int(duplicate), now, request_id))
             return dict(stored, duplicate=duplicate)
         return await self._run(store, write=True)
+
+    def _upload_deleted(self, cursor, request_id):
+        """Whether the upload's image was deleted: a redelivered or late copy must
+        not store it again.  (The delete's transaction writes the upload's row, so
+        PostgreSQL orders the two by the row lock; SQLite has one writer.)"""
+        self._execute(cursor, "UPDATE uploads SET updated_at = updated_at WHERE request_id = %s",
+                      (request_id,))
+        upload = self._get_upload(cursor, request_id)
+        return upload is not None and upload["status"] == DELETED
+
+    async def delete_image(self, image_id):
+        def delete(cursor):
+            image = self._one(cursor, "SELECT %s FROM images WHERE id = %%s" % IMAGE_COLUMNS,
+                              (image_id,), IMAGE_COLUMNS)
+            if image is None:
+                return None
+            now = utc_now()
+            self._execute(cursor, "INSERT INTO deleted_images (image_id, request_id, nickname, "
+                          "deleted_at) VALUES (%s, %s, %s, %s) ON CONFLICT (image_id) DO NOTHING",
+                          (image_id, image["request_id"], image["nickname"], now))
+            self._execute(cursor, "UPDATE uploads SET status = %s, image_id = NULL, "
+                          "updated_at = %s WHERE image_id = %s OR request_id = %s",
+                          (DELETED, now, image_id, image["request_id"]))
+            self._execute(cursor, "DELETE FROM thumbnails WHERE image_id = %s", (image_id,))
+            self._execute(cursor, "DELETE FROM images WHERE id = %s", (image_id,))
+            return image
+        return await self._run(delete, write=True)
+
+    async def deleted_image(self, image_id):
+        columns = "image_id, request_id, nickname, announced"
+        record = await self._run(lambda cursor: self._one(
+            cursor, "SELECT %s FROM deleted_images WHERE image_id = %%s" % columns,
+            (image_id,), columns))
+        if record is not None:
+            record["announced"] = bool(record["announced"])
+        return record
+
+    async def mark_deletion_announced(self, image_id):
+        await self._run(lambda cursor: self._execute(
+            cursor, "UPDATE deleted_images SET announced = 1 WHERE image_id = %s", (image_id,)),
+            write=True)
 
     def _get_image_by_request(self, cursor, request_id):
         return self._one(cursor, "SELECT %s FROM images WHERE request_id = %%s" % IMAGE_COLUMNS,

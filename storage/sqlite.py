@@ -81,10 +81,13 @@ class SQLiteStorage(SQLStorage):
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Also when COMMIT itself failed (a deferred constraint, say): SQLite then
+            # keeps the transaction open, and this thread's next BEGIN would fail.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def _migration_lock(self, cursor):
         pass  # BEGIN IMMEDIATE already holds the database's only write lock.

@@ -31,7 +31,7 @@ async def test_upload_is_stored_and_served_back_identical(http_client, base_url,
     content = await http_client.fetch("%s/api/images/%d/content" % (base_url, image_id))
     assert content.body == data
     assert content.headers["Content-Type"] == "image/png"
-    assert content.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert content.headers["Cache-Control"] == "public, max-age=86400, immutable"
     assert content.headers["Etag"] == '"%s"' % meta["sha256"]
 
 

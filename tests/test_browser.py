@@ -259,3 +259,41 @@ def test_without_javascript_the_form_posts_and_pages_still_work(server, browser,
         expect()(page.locator(".grid .tile")).to_have_count(1)
     finally:
         context.close()
+
+
+def test_an_upload_is_followed_live_over_the_socket_without_polling(server, watched, tmp_path):
+    base = server()
+    page = watched.page
+    requests, sockets = [], []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("websocket", lambda socket: sockets.append(socket.url))
+    page.goto(base + "/")
+    page.fill("#nickname", "live")
+    page.set_input_files("#image_data", str(photo_file(tmp_path, "live.jpg", "JPEG",
+                                                       (300, 200), 3)))
+    page.click("button[type=submit]")
+    item = page.locator("#uploads .upload")
+    expect()(item.locator(".badge")).to_have_text("stored", timeout=TIMEOUT)
+    expect()(item.locator("a.view")).to_have_attribute("href", re.compile(r"^/photos/\d+$"))
+    expect()(page.locator(".recent .tile")).to_have_count(1, timeout=TIMEOUT)
+    assert sockets == [base.replace("http://", "ws://") + "/api/events"]
+    assert not [url for url in requests if "/api/uploads/" in url], requests
+    expect()(page.locator("#live-note")).to_have_count(0)
+    assert watched.dialogs == [] and watched.errors == []
+
+
+def test_without_the_socket_the_page_says_so_and_polls(server, watched, tmp_path):
+    base = server()
+    page = watched.page
+    page.route_web_socket(re.compile(r".*/api/events$"), lambda socket: socket.close())
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(base + "/")
+    expect()(page.locator("#live-note")).to_be_visible()
+    expect()(page.locator("#live-note")).to_contain_text("checks for changes every few seconds")
+    page.fill("#nickname", "polled")
+    page.set_input_files("#image_data", str(photo_file(tmp_path, "polled.png", "PNG",
+                                                       (120, 90), 4)))
+    page.click("button[type=submit]")
+    expect()(page.locator("#uploads .upload .badge")).to_have_text("stored", timeout=TIMEOUT)
+    assert [url for url in requests if "/api/uploads/" in url], requests

@@ -86,3 +86,72 @@ def test_the_environment_defaults_to_os_environ(monkeypatch):
     monkeypatch.setenv("PORT", "5123")
     assert load_config([]).port == 5123
     assert os.environ["PORT"] == "5123"
+
+
+# -- bad values are configuration errors, never tracebacks ------------------------------
+
+@pytest.mark.parametrize("environ, text", [
+    ({"PORT": "abc"}, "PORT"),
+    ({"PORT": "70000"}, "PORT"),
+    ({"PORT": "-1"}, "PORT"),
+    ({"PREFETCH": "0"}, "PREFETCH"),
+    ({"PREFETCH": "70000"}, "PREFETCH"),
+    ({"CONFIRM_TIMEOUT": "0"}, "CONFIRM_TIMEOUT"),
+    ({"CONFIRM_TIMEOUT": "nan"}, "CONFIRM_TIMEOUT"),
+    ({"SHUTDOWN_TIMEOUT": "-5"}, "SHUTDOWN_TIMEOUT"),
+    ({"SHUTDOWN_TIMEOUT": "inf"}, "SHUTDOWN_TIMEOUT"),
+    ({"CACHE_TIMEOUT": "soon"}, "CACHE_TIMEOUT"),
+    ({"MAX_UPLOAD_BYTES": "0"}, "MAX_UPLOAD_BYTES"),
+    ({"CACHE_MAX_BYTES": "-1"}, "CACHE_MAX_BYTES"),
+    ({"DB_POOL_SIZE": "0"}, "DB_POOL_SIZE"),
+    ({"IMAGE_WORKERS": "0"}, "IMAGE_WORKERS"),
+    ({"MAX_IMAGE_PIXELS": "0"}, "MAX_IMAGE_PIXELS"),
+    ({"MAX_IMAGE_SIDE": "1.5"}, "MAX_IMAGE_SIDE"),
+    ({"THUMBNAIL_QUALITY": "0"}, "THUMBNAIL_QUALITY"),
+    ({"THUMBNAIL_QUALITY": "101"}, "THUMBNAIL_QUALITY"),
+    ({"THUMBNAIL_SIZES": "256,big"}, "THUMBNAIL_SIZES"),
+    ({"RETRY_DELAYS": "2,x"}, "RETRY_DELAYS"),
+    ({"MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS"),
+    ({"MAX_DELIVERIES": "0"}, "MAX_DELIVERIES"),
+    ({"STRIP_METADATA": "maybe"}, "STRIP_METADATA"),
+    ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ({"PGPORT": "abc", "DB_TYPE": "postgres"}, "DATABASE_URL"),
+    ({"REDIS_HOST": "r", "REDIS_PORT": "99999"}, "REDIS_URL"),
+    ({"REDIS_HOST": "r", "REDIS_DB": "first"}, "REDIS_URL"),
+    ({"RABBITMQ_HOST": "mq", "RABBITMQ_PORT": "x"}, "AMQP_URL"),
+])
+def test_a_bad_value_in_the_environment_is_a_configuration_error(environ, text):
+    with pytest.raises(ConfigError, match=text):
+        load_config([], environ)
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["--port", "abc"], "--port"),
+    (["--prefetch", "0"], "PREFETCH"),
+    (["--thumbnail-quality", "200"], "THUMBNAIL_QUALITY"),
+    (["--no-such-flag"], "no-such-flag"),
+])
+def test_a_bad_flag_is_a_configuration_error(argv, text):
+    with pytest.raises(ConfigError, match=text):
+        load_config(argv, {})
+
+
+@pytest.mark.parametrize("environ", [
+    {"PORT": "0"}, {"PORT": "65535"}, {"PREFETCH": "1"}, {"THUMBNAIL_QUALITY": "1"},
+    {"THUMBNAIL_QUALITY": "100"}, {"SHUTDOWN_TIMEOUT": "0.5"}, {"STRIP_METADATA": "no"},
+    {"LOG_LEVEL": "debug"}, {"MAX_DELIVERIES": "1"},
+])
+def test_values_at_their_bounds_are_taken(environ):
+    load_config([], environ)
+
+
+def test_the_server_reports_a_bad_value_in_one_line_and_exits_2():
+    import subprocess
+    import sys
+    from tests.processes import ROOT, process_env
+    for env in ({"PORT": "abc"}, {"PREFETCH": "0"}):
+        done = subprocess.run([sys.executable, "server.py"], cwd=ROOT, env=process_env(**env),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        [line] = done.stderr.splitlines()
+        assert line.startswith("photo-app: configuration error: ") and list(env)[0] in line

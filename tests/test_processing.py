@@ -17,7 +17,7 @@ from cache import CachedImage, thumbnail_key
 from tests.helpers import close_to, decode, encode, make_image, post_upload, wait_for_upload
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)
-IMMUTABLE = "public, max-age=31536000, immutable"
+IMMUTABLE = "public, max-age=86400, immutable"
 
 
 def sideways_photo(make="Canon", model="Canon EOS R6"):

@@ -126,8 +126,10 @@ async def test_an_upload_redelivered_too_often_is_dead_lettered_untried(http_cli
 
 @pytest.mark.gen_test(timeout=30)
 async def test_operator_routes_need_the_token(http_client, base_url, context):
-    for headers, code in [({}, 401), ({"Authorization": "Bearer wrong"}, 401),
-                          ({"Authorization": TOKEN}, 401), (AUTH, 200)]:
+    # No credentials, or not a bearer token: 401.  A wrong token: 403.
+    for headers, code in [({}, 401), ({"Authorization": "Bearer wrong"}, 403),
+                          ({"Authorization": TOKEN}, 401), ({"Authorization": "Bearer "}, 401),
+                          (AUTH, 200)]:
         response = await http_client.fetch(base_url + "/api/failed", headers=headers,
                                            raise_error=False)
         assert response.code == code, headers
