@@ -34,12 +34,18 @@ class Config:
     database_url: str = ""
     # "memory" (the in-process broker) or "amqp://user:password@host:port/vhost"
     amqp_url: str = "memory"
+    # The SQLite file of the in-process broker's queues; "" means the SQLite
+    # database itself, or data/broker.db when the database is PostgreSQL.
+    broker_db_path: str = ""
     # "memory", "none" or "redis://host:port/db"
     cache_url: str = "memory"
     # Prefixes keep several deployments (or test runs) apart on shared services.
     amqp_prefix: str = ""
     cache_prefix: str = "photo-app:"
     max_upload_bytes: int = 16 * MIB
+    # Upload bodies (their Content-Length) received at once, per web process;
+    # past it an upload is answered 503 before its body is read.
+    max_inflight_upload_bytes: int = 256 * MIB
     prefetch: int = 4
     confirm_timeout: float = 10.0
     shutdown_timeout: float = 15.0
@@ -80,6 +86,20 @@ class Config:
     @property
     def broker_type(self):
         return "memory" if self.amqp_url == "memory" else "rabbitmq"
+
+    @property
+    def sqlite_path(self):
+        """The file of a ``sqlite:///`` database (``:memory:`` if the URL names none)."""
+        return self.database_url[len("sqlite:///"):] or ":memory:"
+
+    @property
+    def embedded_broker_path(self):
+        """Where the in-process broker keeps its queues."""
+        if self.broker_db_path:
+            return self.broker_db_path
+        if self.db_type == "sqlite":
+            return self.sqlite_path
+        return os.path.join(HERE, "data", "broker.db")
 
     @property
     def cache_type(self):
@@ -270,10 +290,15 @@ _SETTINGS = [
      "amqp://... or 'memory' (env AMQP_URL, or RABBITMQ_HOST/RABBITMQ_PORT)"),
     ("--redis-url", None, "cache_url", str,
      "redis://host:port/db, 'memory' or 'none' (env REDIS_URL, or REDIS_HOST/PORT/DB)"),
+    ("--broker-db-path", "BROKER_DB_PATH", "broker_db_path", str,
+     "SQLite file of the in-process broker's queues (default: the SQLite database, "
+     "or data/broker.db with PostgreSQL)"),
     ("--amqp-prefix", "AMQP_PREFIX", "amqp_prefix", str, "prefix for exchange and queue names"),
     ("--cache-prefix", "CACHE_PREFIX", "cache_prefix", str, "prefix for cache keys"),
     ("--max-upload-bytes", "MAX_UPLOAD_BYTES", "max_upload_bytes", int,
      "largest accepted image file"),
+    ("--max-inflight-upload-bytes", "MAX_INFLIGHT_UPLOAD_BYTES", "max_inflight_upload_bytes",
+     int, "upload bodies received at once (web role); past it, 503"),
     ("--prefetch", "PREFETCH", "prefetch", int, "unacked messages per consumer"),
     ("--confirm-timeout", "CONFIRM_TIMEOUT", "confirm_timeout", float,
      "seconds to wait for the broker's publish confirm"),

@@ -28,6 +28,8 @@ class Context:
     events: EventHub = field(default_factory=EventHub)
     # HTTP requests in progress, from their headers to their answer (drained at shutdown).
     requests: set = field(default_factory=set)
+    # Bytes of upload bodies being received (MAX_INFLIGHT_UPLOAD_BYTES caps it).
+    inflight_upload_bytes: int = 0
 
 
 async def open_context(config):

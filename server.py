@@ -16,9 +16,7 @@ import sys
 import tornado.httpserver
 
 from config import ConfigError, load_config
-from consumers.dead_letters import DeadLetterRecorder
-from consumers.notifier import Notifier
-from consumers.processor import Processor
+from consumers.roles import ROLES
 from context import close_context, open_context
 from handlers import make_app
 from handlers.upload import MULTIPART_OVERHEAD
@@ -27,13 +25,10 @@ from storage import StorageError
 
 log = logging.getLogger("photo_app")
 
-# The consumers each role runs.
-CONSUMERS = {"processor": [Processor, DeadLetterRecorder], "notifier": [Notifier]}
-
 
 def start_consumers(context):
     consumers = [consumer(context) for role in context.config.roles
-                 for consumer in CONSUMERS.get(role, [])]
+                 for consumer in ROLES.get(role, ())]
     for consumer in consumers:
         consumer.start()
     return consumers

@@ -50,17 +50,17 @@ import shutil
 import signal
 import sqlite3
 import statistics
-import subprocess
+import pathlib
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 
-from common import ROOT, clean_environment, die_with_parent, free_port, process_cpu_seconds
+from common import ROOT, process_cpu_seconds
+from tests.helpers import multipart
+from tests.processes import Proc, exchange, free_port, process_env, upload, wait_stored
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps  # noqa: E402
 
 import config as app_config  # noqa: E402
@@ -396,61 +396,29 @@ def profile_processor(images, passes=2):
 # -- B: web responsiveness during a burst ------------------------------------------------
 
 class Server:
+    """server.py on the embedded defaults, SQLite in ``tmp``."""
+
     def __init__(self, tmp, log_level, extra_args=()):
-        self.tmp = tmp
         self.port = free_port()
         self.db_path = os.path.join(tmp, "photo-app.db")
-        self.log_path = os.path.join(tmp, "server.log")
-        env = clean_environment()
-        env.update(PYTHONUNBUFFERED="1", SQLITE_DB_PATH=self.db_path)
-        if log_level:
-            env["LOG_LEVEL"] = log_level
-        self.argv = [sys.executable, os.path.join(ROOT, "server.py"),
-                     "--port", str(self.port), "--address", "127.0.0.1"] + list(extra_args)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+        env = process_env(SQLITE_DB_PATH=self.db_path,
+                          **({"LOG_LEVEL": log_level} if log_level else {}))
+        self.args = ["server.py", "--port", str(self.port), "--address", "127.0.0.1",
+                     *extra_args]
+        self.proc = Proc("server", self.args, env, pathlib.Path(tmp))
 
     def wait_ready(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            self.check()
-            try:
-                with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % self.port,
-                                            timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError) as exc:
-                last = exc
-            time.sleep(0.2)
-        raise RuntimeError("server not ready after %ds (%s):\n%s" % (timeout, last, self.tail()))
+        self.proc.wait_ready(self.port, timeout)
 
     def check(self):
-        if self.proc.poll() is not None:
-            raise RuntimeError("server exited with %s:\n%s" % (self.proc.returncode, self.tail()))
-
-    def tail(self, lines=25):
-        try:
-            with open(self.log_path, "rb") as log:
-                return b"".join(log.readlines()[-lines:]).decode("utf-8", "replace")
-        except OSError:
-            return "(no log)"
+        if self.proc.popen.poll() is not None:
+            raise RuntimeError("server " + self.proc.describe())
 
     def cpu_seconds(self):
         return process_cpu_seconds(self.proc.pid)
 
     def stop(self, timeout=40):
-        if self.proc.poll() is not None:
-            return
-        try:
-            self.proc.terminate()
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            print("  server pid %d did not stop; killing it" % self.proc.pid, file=sys.stderr)
-            self.proc.kill()
-            self.proc.wait()
+        self.proc.end(timeout)
 
     def statuses(self, request_ids):
         """{status: count} of these uploads, read from the server's SQLite."""
@@ -469,49 +437,12 @@ class Server:
             conn.close()
 
 
-
-
-
-def multipart(nickname, filename, data):
-    boundary = uuid.uuid4().hex
-    body = (b'--%s\r\nContent-Disposition: form-data; name="nickname"\r\n\r\n%s\r\n'
-            b'--%s\r\nContent-Disposition: form-data; name="image_data"; filename="%s"\r\n'
-            b"Content-Type: application/octet-stream\r\n\r\n%s\r\n--%s--\r\n"
-            % (boundary.encode(), nickname.encode(), boundary.encode(), filename.encode(),
-               data, boundary.encode()))
-    return "multipart/form-data; boundary=%s" % boundary, body
-
-
-def http_json(conn, method, path, body=None, headers=None):
-    conn.request(method, path, body=body, headers=headers or {})
-    response = conn.getresponse()
-    payload = response.read()
-    try:
-        return response.status, json.loads(payload)
-    except ValueError:
-        return response.status, None
-
-
 def upload_and_wait(port, nickname, data, timeout=60):
     """Upload one image and wait until it is stored; its image id."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        content_type, body = multipart(nickname, "probe.jpg", data)
-        status, answer = http_json(conn, "POST", "/api/images", body,
-                                   {"Content-Type": content_type})
-        if status != 202:
-            raise RuntimeError("upload answered %s: %s" % (status, answer))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status, upload = http_json(conn, "GET", answer["status_url"])
-            if status == 200 and upload.get("status") == "stored":
-                return upload["image_id"]
-            if status == 200 and upload.get("status") == "failed":
-                raise RuntimeError("the probe image failed: %s" % upload.get("error"))
-            time.sleep(0.05)
-        raise RuntimeError("the probe image was not stored within %ds" % timeout)
-    finally:
-        conn.close()
+    status, answer = upload(port, data, nickname, "probe.jpg")
+    if status != 202:
+        raise RuntimeError("upload answered %s: %s" % (status, answer))
+    return wait_stored(port, answer["request_id"], timeout)["image_id"]
 
 
 class Prober:
@@ -586,10 +517,10 @@ class Burst(threading.Thread):
                 for content_type, body in self.bodies:
                     if self.stop.is_set():
                         return
-                    status, answer = http_json(conn, "POST", "/api/images", body,
-                                               {"Content-Type": content_type})
+                    status, _headers, answer = exchange(conn, "POST", "/api/images", body,
+                                                        {"Content-Type": content_type})
                     if status == 202:
-                        self.request_ids.append(answer["request_id"])
+                        self.request_ids.append(json.loads(answer)["request_id"])
                     else:
                         self.refused[status] = self.refused.get(status, 0) + 1
             finally:
@@ -637,11 +568,11 @@ def section_b(args, images, tmp, servers):
         prober.one(path)
     big = [image for image in images if image.width * image.height >= 10_000_000
            and image.data[:3] == b"\xff\xd8\xff"]
-    bodies = [multipart("burst-%d" % i, "burst-%d.jpg" % i, big[i % len(big)].data)
+    bodies = [multipart({"nickname": "burst-%d" % i},
+                        {"image_data": ("burst-%d.jpg" % i, big[i % len(big)].data)})
               for i in range(args.burst)]
     print("server:      pid %d: %s (every role, in-process broker, SQLite in a temp dir)"
-          % (server.proc.pid, " ".join([os.path.relpath(server.argv[1], ROOT)]
-                                       + server.argv[2:])))
+          % (server.proc.pid, " ".join(server.args)))
     print("probes:      GET %s and GET %s (the %d-byte probe image, cached), sequential "
           "on one keep-alive connection, one request every %.1f ms, endpoints taking "
           "turns" % (paths[0], paths[1], len(buffer.getvalue()), 1000 * args.probe_interval))

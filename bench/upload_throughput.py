@@ -6,7 +6,7 @@
 Targets, each its own OS process on a free port of 127.0.0.1:
 
   (a) bare     a Tornado handler that only streams in and parses the multipart
-               upload (stream_request_body + parse_body_arguments, as
+               upload (stream_request_body into one buffer + parse_multipart, as
                handlers/upload.py reads it) and answers 202: the ceiling.
   (b) embedded server.py --role=all on embedded defaults: in-process broker,
                SQLite in a temp dir.  The in-process broker only allows every
@@ -41,18 +41,18 @@ import shutil
 import signal
 import sqlite3
 import statistics
-import subprocess
+import pathlib
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 
-from common import ROOT, clean_environment, die_with_parent, free_port, process_cpu_seconds
+from common import ROOT, process_cpu_seconds
+from tests.helpers import multipart
+from tests.processes import Proc, free_port, process_env
 
-# The same limits the app's HTTPServer and UploadHandler use (server.py,
+# The same limits the app's HTTPServer and upload handlers use (server.py,
 # handlers/upload.py: max_upload_bytes 16 MiB + MULTIPART_OVERHEAD 64 KiB).
 BARE_BODY_LIMIT = 16 * 1024 * 1024 + 64 * 1024
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -61,12 +61,15 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # -- target (a): the bare server, run as a child process of this script ----------
 
 def serve_bare(port, address):
-    """The ceiling: read and parse the upload exactly as the app does, answer 202."""
+    """The ceiling: read and parse the upload as the app does (one buffer,
+    handlers.upload.parse_multipart), answer 202."""
     import logging
 
     import tornado.httpserver
     import tornado.web
-    from tornado.httputil import HTTPInputError, parse_body_arguments
+    from tornado.httputil import HTTPInputError
+
+    from handlers.upload import parse_multipart
 
     # The same logging set-up as server.py, so both pay for the access log alike.
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
@@ -75,29 +78,30 @@ def serve_bare(port, address):
     @tornado.web.stream_request_body
     class BareUploadHandler(tornado.web.RequestHandler):
         def prepare(self):
-            self._chunks = []
             length = self.request.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > BARE_BODY_LIMIT:
                 raise tornado.web.HTTPError(413)
+            self._body, self._received = bytearray(int(length or 0)), 0
             self.request.connection.set_max_body_size(BARE_BODY_LIMIT)
 
         def data_received(self, chunk):
-            self._chunks.append(chunk)
+            end = self._received + len(chunk)
+            self._body[self._received:end] = chunk
+            self._received = end
 
         def post(self):
-            body, self._chunks = b"".join(self._chunks), None
+            body, self._body = self._body, None
             content_type = self.request.headers.get("Content-Type", "")
             if not content_type.startswith("multipart/form-data"):
                 raise tornado.web.HTTPError(400)
-            arguments, files = {}, {}
             try:
-                parse_body_arguments(content_type, body, arguments, files,
-                                     self.request.headers)
+                _arguments, files = parse_multipart(content_type, body, self.request.headers)
             except HTTPInputError:
                 raise tornado.web.HTTPError(400) from None
             uploaded = files.get("image_data")
-            if not uploaded or not uploaded[0].body:
+            if not uploaded or not len(uploaded[0].body):
                 raise tornado.web.HTTPError(400)
+            bytes(uploaded[0].body)  # the app's one copy
             request_id = uuid.uuid4().hex
             self.set_status(202)
             self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -285,70 +289,30 @@ def measure(target, request, args):
 class Target:
     key: str
     name: str
-    argv: list
+    args: list  # after the Python interpreter
     env: dict
     port: int = 0
-    log_path: str = ""
-    proc: subprocess.Popen = None
+    proc: Proc = None
     rounds: list = field(default_factory=list)
-
-
-
 
 
 def start(target, tmp):
     target.port = free_port()
-    target.log_path = os.path.join(tmp, "server-%s.log" % target.key)
-    argv = target.argv + ["--port=%d" % target.port, "--address=127.0.0.1"]
-    with open(target.log_path, "wb") as log:
-        target.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=target.env, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+    target.proc = Proc("server-%s" % target.key,
+                       target.args + ["--port=%d" % target.port, "--address=127.0.0.1"],
+                       target.env, pathlib.Path(tmp))
 
 
-def wait_ready(target, timeout=60):
-    deadline = time.monotonic() + timeout
-    url = "http://127.0.0.1:%d/readyz" % target.port
-    last = None
-    while time.monotonic() < deadline:
-        if target.proc.poll() is not None:
-            raise RuntimeError("server (%s) exited with %s:\n%s"
-                               % (target.key, target.proc.returncode, tail(target.log_path)))
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError) as exc:
-            last = exc
-        time.sleep(0.2)
-    raise RuntimeError("server (%s) not ready after %ds (%s):\n%s"
-                       % (target.key, timeout, last, tail(target.log_path)))
-
-
-def tail(path, lines=25):
-    try:
-        with open(path, "rb") as log:
-            return b"".join(log.readlines()[-lines:]).decode("utf-8", "replace")
-    except OSError:
-        return "(no log)"
+def check_running(targets):
+    for target in targets:
+        if target.proc.popen.poll() is not None:
+            raise RuntimeError("server " + target.proc.describe())
 
 
 def stop_servers(targets, timeout=40):
-    running = [t for t in targets if t.proc is not None and t.proc.poll() is None]
-    for target in running:
-        try:
-            target.proc.terminate()
-        except OSError:
-            pass
-    deadline = time.monotonic() + timeout
-    for target in running:
-        try:
-            target.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            print("  server (%s) pid %d did not stop; killing it"
-                  % (target.key, target.proc.pid), file=sys.stderr)
-            target.proc.kill()
-            target.proc.wait()
+    for target in targets:
+        if target.proc is not None:
+            target.proc.end(timeout)
 
 
 # -- target (b): wait for the processor's backlog ----------------------------------------
@@ -399,11 +363,7 @@ def amqp_channel(amqp_url):
 
 
 def amqp_topology(prefix):
-    sys.path.insert(0, ROOT)
-    try:
-        from broker import Topology
-    finally:
-        sys.path.remove(ROOT)
+    from broker import Topology
     return Topology(prefix)
 
 
@@ -529,9 +489,6 @@ def main(argv=None):
     failed = False
     try:
         data, width, height, quality = make_jpeg(args.size_kb * 1000)
-        sys.path.insert(0, ROOT)
-        from tests.helpers import multipart
-        sys.path.remove(ROOT)
         content_type, body = multipart({"nickname": "bench"},
                                        {"image_data": ("bench.jpg", data)})
 
@@ -552,20 +509,16 @@ def main(argv=None):
               "%d keep-alive connections (raw asyncio sockets, in this process), %d rounds"
               % (args.count, args.warmup, args.concurrency, args.rounds))
 
-        base_env = clean_environment()
-        base_env["PYTHONUNBUFFERED"] = "1"
-        if args.log_level:
-            base_env["LOG_LEVEL"] = args.log_level
-        server_py = os.path.join(ROOT, "server.py")
+        base_env = process_env(**({"LOG_LEVEL": args.log_level} if args.log_level else {}))
         sqlite_path = os.path.join(tmp, "photo-app.db")
 
         if "a" in args.targets:
             targets.append(Target("a", "(a) bare Tornado multipart parse -> 202",
-                                  [sys.executable, os.path.abspath(__file__),
-                                   "--serve-bare"], dict(base_env)))
+                                  [os.path.abspath(__file__), "--serve-bare"],
+                                  dict(base_env)))
         if "b" in args.targets:
             targets.append(Target("b", "(b) app --role=all, in-process broker+SQLite",
-                                  [sys.executable, server_py, "--role=all"],
+                                  ["server.py", "--role=all"],
                                   dict(base_env, DATABASE_URL="sqlite:///" + sqlite_path)))
         if "c" in args.targets:
             import urllib.parse
@@ -581,7 +534,7 @@ def main(argv=None):
             database_url = urllib.parse.urlunsplit(parts._replace(path="/" + pg_database))
             amqp_channel(args.amqp_url)[0].close()  # fail early if RabbitMQ is away
             targets.append(Target("c", "(c) app --role=web, RabbitMQ+PostgreSQL",
-                                  [sys.executable, server_py, "--role=web"],
+                                  ["server.py", "--role=web"],
                                   dict(base_env, DATABASE_URL=database_url,
                                        AMQP_URL=args.amqp_url, AMQP_PREFIX=amqp_prefix)))
             print("services:    (c) database %s, AMQP prefix %r (both removed at the end)"
@@ -590,7 +543,7 @@ def main(argv=None):
         for target in targets:
             start(target, tmp)
         for target in targets:
-            wait_ready(target)
+            target.proc.wait_ready(target.port, timeout=60)
         print("servers:     " + "; ".join("(%s) pid %d port %d" % (t.key, t.proc.pid, t.port)
                                           for t in targets))
         print()
@@ -620,10 +573,7 @@ def main(argv=None):
                       % (number, target.name, result.rate, result.percentile(50),
                          result.percentile(99), 100 * result.server_cpu / result.wall,
                          "; ".join(notes)), flush=True)
-                for t in targets:
-                    if t.proc.poll() is not None:
-                        raise RuntimeError("server (%s) exited with %s:\n%s"
-                                           % (t.key, t.proc.returncode, tail(t.log_path)))
+                check_running(targets)
 
         baseline = next((t for t in targets if t.key == "a"), None)
         print_summary(targets, baseline)

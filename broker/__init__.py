@@ -173,6 +173,7 @@ def open_broker(config):
     topology = Topology(config.amqp_prefix, config.retry_delays)
     if config.broker_type == "memory":
         from broker.memory import MemoryBroker
-        return MemoryBroker(topology)
+        return MemoryBroker(topology, config.embedded_broker_path,
+                            confirm_timeout=config.confirm_timeout)
     from broker.rabbitmq import RabbitMQBroker
     return RabbitMQBroker(topology, config.amqp_url, confirm_timeout=config.confirm_timeout)

@@ -12,9 +12,9 @@ lists what it recorded; ``POST /api/failed/{request_id}/requeue`` sends one back
 import logging
 
 from broker import IMAGE_FAILED
-from broker.messages import (ATTEMPTS_HEADER, ERROR_HEADER, printable, recorded_nickname,
-                             usable_request_id)
+from broker.messages import ATTEMPTS_HEADER, ERROR_HEADER
 from consumers.base import Consumer
+from uploads import printable, recorded_nickname, usable_request_id
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ webhook and e-mail actions are further entries in ``ACTIONS``.
 import asyncio
 import json
 import logging
-import sys
 
 from broker.messages import event_message_id
+from consumers import run_role
 from consumers.base import Consumer
 from logs import set_request_id
 
@@ -63,5 +63,4 @@ class Notifier(Consumer):
 
 
 if __name__ == "__main__":
-    import server
-    server.main(["--role=notifier", *sys.argv[1:]])
+    run_role("notifier")

@@ -22,17 +22,18 @@ without another try.
 """
 
 import asyncio
-import sys
 import logging
 
 from broker import (DEAD_ROUTING_KEY, IMAGE_FAILED, IMAGE_PROCESSING, IMAGE_UPLOADED,
                     BrokerUnavailable)
-from broker.messages import (ATTEMPTS_HEADER, ERROR_HEADER, InvalidUpload, Upload,
-                             recorded_nickname, usable_request_id)
+from broker.messages import ATTEMPTS_HEADER, ERROR_HEADER
+from consumers import run_role
 from consumers.base import Consumer
 from imaging import InvalidImage
 from imaging.process import ImagingSettings, process
 from storage import DELETED, FAILED, REFUSED, STORED, NewImage
+from uploads import (InvalidUpload, Upload, forward_args, recorded_nickname,
+                     usable_request_id)
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +123,10 @@ class Processor(Consumer):
                 await self.dead_letter(message, attempt, reason)
             else:
                 delay = config.retry_delays[min(attempt, len(config.retry_delays)) - 1]
-                headers.update({ATTEMPTS_HEADER: attempt, ERROR_HEADER: reason})
                 await broker.publish(broker.topology.retry_exchange,
-                                     broker.topology.retry_key(delay), message.body,
-                                     message_id=message.message_id,
-                                     content_type=message.content_type, headers=headers,
-                                     mandatory=True)
+                                     broker.topology.retry_key(delay), mandatory=True,
+                                     **forward_args(message, **{ATTEMPTS_HEADER: attempt,
+                                                              ERROR_HEADER: reason}))
                 log.warning("upload %s: attempt %d of %d failed (%s); next try in %gs",
                             message.message_id, attempt, config.max_attempts, reason, delay)
         except BrokerUnavailable:
@@ -138,14 +137,12 @@ class Processor(Consumer):
     async def dead_letter(self, message, attempts, reason):
         """Park the upload in the dead-letter queue (confirmed) for the recorder."""
         broker = self.context.broker
-        headers = dict(message.headers or {}, **{ATTEMPTS_HEADER: attempts, ERROR_HEADER: reason})
-        await broker.publish(broker.topology.dead_exchange, DEAD_ROUTING_KEY, message.body,
-                             message_id=message.message_id, content_type=message.content_type,
-                             headers=headers, mandatory=True)
+        await broker.publish(broker.topology.dead_exchange, DEAD_ROUTING_KEY, mandatory=True,
+                             **forward_args(message, **{ATTEMPTS_HEADER: attempts,
+                                                          ERROR_HEADER: reason}))
         log.error("upload %s dead-lettered after %d attempts: %s",
                   message.message_id, attempts, reason)
 
 
 if __name__ == "__main__":
-    import server
-    server.main(["--role=processor", *sys.argv[1:]])
+    run_role("processor")

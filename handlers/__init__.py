@@ -59,7 +59,7 @@ def web_routes(context):
 
 def log_request(handler):
     """One access line per request: status, method, path, route (the handler), duration
-    and, through logs.RequestIdFilter, the upload's request id where there is one."""
+    and the request id (``X-Request-Id``; an upload's is its request id)."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
@@ -68,7 +68,8 @@ def log_request(handler):
     access_log.log(level, "%d %s %s %s %.2fms", status, request.method, request.uri, route,
                    duration_ms, extra={"method": request.method, "path": request.path,
                                        "route": route, "status": status,
-                                       "duration_ms": duration_ms})
+                                       "duration_ms": duration_ms,
+                                       "request_id": getattr(handler, "request_id", None)})
 
 
 def cookie_secret(config):

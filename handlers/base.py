@@ -1,13 +1,21 @@
-"""What every handler shares: the context, JSON errors and JSON answers, and the
-operator's credentials."""
+"""What every handler shares: the context, JSON errors and JSON answers, a
+request id, and the operator's credentials.
+
+Every request gets an id (``X-Request-Id`` on the answer, on its access log
+line, and on every log line about it; an upload's is its request id).  Clients
+get faults in plain words; what the driver or broker said goes to the log under
+that id, never into an answer.
+"""
 
 import hashlib
 import hmac
 import json
+import uuid
 
 import tornado.web
 from tornado.log import app_log
 
+from logs import set_request_id
 from storage import StorageError
 
 
@@ -22,10 +30,11 @@ class ApiError(tornado.web.HTTPError):
     """An error answered as ``{"error": ..., "detail": ...}`` with ``status``
     (and ``headers``: set in write_error, since send_error clears any set before)."""
 
-    def __init__(self, status, error, detail=None, retry_after=None, headers=None):
+    def __init__(self, status, error, detail=None, retry_after=None, fields=None, headers=None):
         super().__init__(status, reason=None)
         self.error = error
         self.detail = detail
+        self.fields = fields or {}  # more of the JSON answer (a 504's status_url)
         self.headers = dict(headers or {})
         if retry_after:
             self.headers["Retry-After"] = str(retry_after)
@@ -33,6 +42,8 @@ class ApiError(tornado.web.HTTPError):
 
 # A 401 names the scheme to use (RFC 9110 11.6.1).
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# What a client is told about a database fault (the driver's words are logged).
+DATABASE_DOWN = "the database is not answering; try again in a few seconds"
 
 # Pages load scripts and styles from static/ only: no inline script can run.
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -56,11 +67,26 @@ class BaseHandler(tornado.web.RequestHandler):
     # Methods that act for an operator: Authorization: Bearer $API_TOKEN, or the
     # cookie of /login together with the XSRF token (require_operator).
     operator_methods = ()
+    _request_id = None
+
+    @property
+    def request_id(self):
+        if self._request_id is None:
+            self._request_id = uuid.uuid4().hex
+        return self._request_id
+
+    @request_id.setter
+    def request_id(self, value):
+        """A request about one upload (its status) goes by that upload's request id."""
+        self._request_id = value
+        set_request_id(value)
+        self.set_header("X-Request-Id", value)
 
     def initialize(self, context):
         self.context = context
         self.config = context.config
         context.requests.add(self)
+        set_request_id(self.request_id)  # every log line about this request (logs.py)
 
     def on_finish(self):
         self.context.requests.discard(self)
@@ -72,6 +98,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Security-Policy", self.content_security_policy)
+        self.set_header("X-Request-Id", self.request_id)
 
     def check_xsrf_cookie(self):
         # A method this handler does not serve is answered 405 (or the unknown
@@ -127,8 +154,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ, value, tb):
         if isinstance(value, StorageError):
-            app_log.warning("%s %s: database unavailable: %s", self.request.method,
-                            self.request.path, value)
+            app_log.warning("request %s: %s %s: database unavailable: %s", self.request_id,
+                            self.request.method, self.request.path, value)
             return
         super().log_exception(typ, value, tb)
 
@@ -141,14 +168,16 @@ class BaseHandler(tornado.web.RequestHandler):
         self.clear_header("Content-Disposition")
         self.set_status(status_code)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps({"error": error, "detail": detail}))
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        fields = exc.fields if isinstance(exc, ApiError) else {}
+        self.finish(json.dumps({"error": error, "detail": detail, **fields}))
 
     def error_fields(self, status_code, kwargs):
         """``(status, error, detail)`` for the exception in ``write_error``'s kwargs
         (setting ``Retry-After`` when it asks for one)."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, StorageError):
-            status_code, error, detail = 503, "database unavailable", str(exc)
+            status_code, error, detail = 503, "database unavailable", DATABASE_DOWN
             self.set_header("Retry-After", "5")
         elif isinstance(exc, ApiError):
             error, detail = exc.error, exc.detail

@@ -1,13 +1,15 @@
 """Dead letters, for operators: what gave up, and sending it back once fixed.
 
-Both routes need ``Authorization: Bearer <API_TOKEN>``; without a configured
-token they are closed (403), since they act on everyone's uploads.
+Both routes need the operator (``Authorization: Bearer <API_TOKEN>``, or the
+cookie of /login with the XSRF token); without a configured token they are
+closed (403), since they act on everyone's uploads.
 """
 
-from broker import UPLOAD_ROUTING_KEY, BrokerUnavailable
 from handlers.base import ApiError, BaseHandler
-from handlers.openapi import error, json_answer, operation, operator, ref, unavailable
-from handlers.upload import RETRY_AFTER
+from handlers.openapi import (error, json_answer, operation, operator, outcome_unknown, ref,
+                              unavailable)
+from handlers.upload import accept_upload, queued
+from uploads import Upload
 
 
 class OperatorHandler(BaseHandler):
@@ -34,32 +36,21 @@ class FailedListHandler(OperatorHandler):
 
 class RequeueHandler(OperatorHandler):
     """``POST /api/failed/{request_id}/requeue``: publish the upload again
-    (confirmed), with fresh attempts; answered like an upload, 202."""
+    (confirmed), with fresh attempts; answered like an upload, 202.  The dead
+    letter is removed only once the broker has the message again."""
 
     @operation(**operator(summary="Publish a dead-lettered upload again", tags=["operator"],
                           responses={
         202: json_answer("queued again, with fresh attempts", ref("UploadAccepted")),
         404: error("no dead letter has that request id"),
-        503: unavailable("the broker did not take it, or the database is unavailable")}))
+        503: unavailable("the broker did not take it, or the database is unavailable"),
+        504: outcome_unknown()}))
     async def post(self, request_id):
-        storage, broker = self.context.storage, self.context.broker
-        letter = await storage.get_dead_letter(request_id)
+        letter = await self.context.storage.get_dead_letter(request_id)
         if letter is None:
             raise ApiError(404, "unknown dead letter", "no dead letter has request id %s"
                            % request_id)
-        # Reset first: the processor may take the message the moment it is published.
-        await storage.requeue_dead_letter(request_id)
-        try:
-            await broker.publish(
-                broker.topology.upload_exchange, UPLOAD_ROUTING_KEY, letter["data"],
-                message_id=request_id, content_type=letter["content_type"],
-                headers={"nickname": letter["nickname"], "filename": letter["filename"],
-                         "size": len(letter["data"])}, mandatory=True)
-        except BrokerUnavailable as exc:
-            await storage.record_dead_letter(
-                request_id, letter["nickname"], letter["filename"], letter["content_type"],
-                letter["data"], letter["attempts"], letter["error"])  # as it was
-            raise ApiError(503, "not re-queued, try again", str(exc),
-                           retry_after=RETRY_AFTER) from None
-        self.write_json({"request_id": request_id, "status": "queued",
-                         "status_url": "/api/uploads/%s" % request_id}, status=202)
+        await accept_upload(self.context, Upload(
+            request_id, letter["nickname"], letter["filename"], letter["content_type"],
+            letter["data"]), requeue=True)
+        self.write_json(queued(request_id), status=202)

@@ -1,11 +1,15 @@
 """Liveness and readiness."""
 
+import logging
+
 from handlers.base import BaseHandler
 from handlers.openapi import RETRY_AFTER, json_answer, operation, record
 
 READY = record(status={"type": "string"}, checks=record(
     database={"type": "string"}, broker={"type": "string"}, cache={"type": "string"}))
 from storage import StorageError
+
+log = logging.getLogger(__name__)
 
 
 class HealthHandler(BaseHandler):
@@ -32,7 +36,8 @@ class ReadyHandler(BaseHandler):
             await self.context.storage.ping()
             checks["database"] = "ok"
         except StorageError as exc:
-            checks["database"] = "down: %s" % exc
+            log.warning("request %s: readiness: the database is down: %s", self.request_id, exc)
+            checks["database"] = "down: not answering"
         checks["broker"] = "ok" if self.context.broker.ready else "down: not connected"
         checks["cache"] = ("ok" if await self.context.cache.ping()
                            else "down (reads go to the database)")

@@ -17,6 +17,7 @@ ERROR_TITLES = {
     413: "That file is too large",
     415: "That file is not an image we accept",
     503: "The service is busy: try again in a few seconds",
+    504: "We could not tell whether the upload was taken",
 }
 
 

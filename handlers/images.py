@@ -5,15 +5,17 @@ import base64
 import hashlib
 import re
 
+import tornado.web
+
 from broker import IMAGE_DELETED, BrokerUnavailable
 from broker.messages import deletion_event
 from cache import CachedImage, content_key, forget_image, thumbnail_key
 from handlers.base import ApiError, BaseHandler
-from handlers.openapi import (error, json_answer, operation, operator, ref, unavailable,
-                              unknown)
-from handlers.upload import UploadHandler
+from handlers.openapi import (UPLOAD_BODY, error, json_answer, operation, operator, ref,
+                              unavailable, unknown, upload_refusals)
+from handlers.upload import REFUSED_WORDS, UploadBody, accept_upload, queued
 from imaging import SUPPORTED_TYPES
-from logs import set_request_id
+from storage import REFUSED
 
 # The bytes under one id never change, but a deleted image should leave the caches
 # of browsers and proxies that kept it: a day, not a year.
@@ -120,10 +122,33 @@ async def list_page(storage, nickname="", cursor="", limit=DEFAULT_LIMIT):
     return images[:limit], next_cursor
 
 
-class ImagesHandler(UploadHandler):
-    """``/api/images``: ``POST`` is the upload (UploadHandler); ``GET`` lists
+def public_upload(upload):
+    """An upload's status as its uploader sees it.  A dead letter's reason may
+    quote a driver: the uploader gets plain words, the operator the reason in
+    full (``GET /api/failed``)."""
+    if upload["status"] == REFUSED:
+        return dict(upload, error=REFUSED_WORDS)
+    if upload["dead_lettered"]:
+        return dict(upload, error="it could not be processed after %d attempts; it is kept "
+                    "for an operator to send again" % upload["attempts"])
+    return upload
+
+
+@tornado.web.stream_request_body
+class ImagesHandler(UploadBody, BaseHandler):
+    """``/api/images``: ``POST`` is the upload (multipart ``nickname`` and
+    ``image_data``), answered 202 once the broker has it; ``GET`` lists
     ``{"images": [...], "next_cursor"}`` newest first, with ``nickname``,
     ``limit`` (default 24, at most 100) and ``cursor`` from the query."""
+
+    @operation(summary="Upload an image", tags=["images"], requestBody=UPLOAD_BODY,
+               responses={202: json_answer("queued: the broker has it", ref("UploadAccepted")),
+                          **upload_refusals()})
+    async def post(self):
+        upload = self.read_upload()
+        if upload is not None:
+            await accept_upload(self.context, upload)
+            self.write_json(queued(upload.request_id), status=202)
 
     @operation(summary="Image metadata, newest first, a page at a time", tags=["images"],
                parameters=LIST_PARAMETERS, responses={
@@ -145,13 +170,13 @@ class UploadStatusHandler(BaseHandler):
     @operation(summary="Where an upload is", tags=["images"], responses={
         200: json_answer("its status", ref("Upload")), 404: unknown(), 503: unavailable()})
     async def get(self, request_id):
-        set_request_id(request_id)
+        self.request_id = request_id
         upload = await self.context.storage.get_upload(request_id)
         if upload is None:
             raise ApiError(404, "unknown upload", "no upload has request id %s" % request_id)
         if upload["image_id"] is not None:
             upload["image_url"] = "/api/images/%s" % upload["image_id"]
-        self.write_json(upload)
+        self.write_json(public_upload(upload))
 
 
 class ImageHandler(BaseHandler):

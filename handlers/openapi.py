@@ -110,6 +110,16 @@ UPLOAD_BODY = {
 }
 
 
+def outcome_unknown(page=False):
+    """The 504 of accepting an upload: the broker did not confirm it, and the
+    database could not record it refused; the answer names the status to follow."""
+    answer = json_answer("outcome unknown: follow status_url before sending it again",
+                         {"allOf": [ref("Error"), ref("UploadAccepted")]})
+    if page:
+        answer["content"].update(HTML)
+    return answer
+
+
 def upload_refusals(page=False):
     """The statuses every route that takes an upload can answer besides its 202."""
     return {
@@ -117,8 +127,10 @@ def upload_refusals(page=False):
                    page=page),
         413: error("the file is over MAX_UPLOAD_BYTES", page=page),
         415: error("the bytes are not one of ACCEPTED_TYPES", page=page),
-        503: unavailable("not accepted: the broker did not confirm it, or the database "
-                         "is unavailable", page=page),
+        503: unavailable("not accepted: the broker did not confirm it, the uploads in "
+                         "flight hold MAX_INFLIGHT_UPLOAD_BYTES, or the database is "
+                         "unavailable", page=page),
+        504: outcome_unknown(page),
     }
 
 

@@ -6,12 +6,15 @@ static/app.js adds the progress bars, live statuses and live grids on top.
 
 import urllib.parse
 
+import tornado.web
+
 from handlers.base import ApiError, BaseHandler
 from handlers.html import HtmlPage
 from handlers.images import (DEFAULT_LIMIT, LIST_ERRORS, LIST_PARAMETERS, list_page, not_found,
-                             parse_limit)
+                             parse_limit, public_upload)
 from handlers.openapi import error, html_answer, operation, unavailable
-from handlers.seed import SeedUploadHandler
+from handlers.seed import SEED_UPLOAD, answer_received
+from handlers.upload import UploadBody, accept_upload
 from storage import DELETED, FAILED, REFUSED, STORED
 
 RECENT = 12  # images on the upload page
@@ -34,9 +37,19 @@ def page(summary, errors=None):
            for status, description in (errors or {}).items()}})
 
 
-class IndexHandler(SeedUploadHandler):
-    """``GET /``: the upload page, with the most recent images.  (``POST /`` is
-    the seed's form upload, inherited; the page's form posts there without JS.)"""
+@tornado.web.stream_request_body
+class IndexHandler(UploadBody, PageHandler):
+    """``GET /``: the upload page, with the most recent images.  ``POST /``: the
+    seed's form upload (the page's form posts there without JavaScript), answered
+    as the seed did (``handlers.seed.answer_received``); errors as a page."""
+
+    @operation(**SEED_UPLOAD)
+    async def post(self):
+        upload = self.read_upload()
+        if upload is not None:
+            whole_page = self.query_argument("reply", "") == "page"  # a 400 before accepting
+            await accept_upload(self.context, upload)
+            answer_received(self, upload, whole_page)
 
     @operation(**page("The upload page, with the most recent images"))
     async def get(self):
@@ -84,5 +97,5 @@ class UploadPageHandler(PageHandler):
         upload = await self.context.storage.get_upload(request_id)
         if upload is None:
             raise ApiError(404, "unknown upload", "no upload has request id %s" % request_id)
-        self.render("upload.html", upload=upload,
+        self.render("upload.html", upload=public_upload(upload),
                     final=upload["status"] in (STORED, FAILED, REFUSED, DELETED))

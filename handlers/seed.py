@@ -1,6 +1,7 @@
 """The seed's routes: the same requests and answers as the original Flask app,
-so its clients keep working.  Uploads go through UploadHandler's checks and
-publishing; only the answers differ.
+so its clients keep working.  Its upload, ``POST /``, is the upload page's
+handler (``handlers.pages.IndexHandler``) with the same checks and publishing
+as every upload; only the answer, ``answer_received``, is the seed's.
 """
 
 import base64
@@ -8,52 +9,45 @@ import base64
 from tornado.escape import xhtml_escape
 
 import imaging
-from broker.messages import has_control_characters
 from handlers.base import ApiError, BaseHandler
-from handlers.html import HtmlPage, wants_json
+from handlers.html import wants_json
 from handlers.images import cached_content
 from handlers.openapi import (CONTROLS, HTML, UPLOAD_BODY, error, json_answer, operation,
                               record, ref, unavailable, upload_refusals)
-from handlers.upload import UploadHandler
+from handlers.upload import queued
+from uploads import has_control_characters
 
 RECEIVED = "Request {request_id} received. Image '{nickname}' is being processed."
 # GET /images/{nickname} reads the ids in pages of this many.
 ID_PAGE = 100
 
 
-class SeedUploadHandler(HtmlPage, UploadHandler):
-    """``POST /`` with form fields ``nickname`` and ``image_data``: 202 and the
-    seed's sentence as an HTML fragment; JSON when ``Accept`` asks for it; a whole
-    page when the upload page's form (without JavaScript) posted it (``?reply=page``).
-    Errors are the upload's statuses, as a readable page unless JSON is asked for."""
+# The seed's upload (``POST /``, handlers.pages.IndexHandler): its operation.
+SEED_UPLOAD = dict(
+    summary="Upload an image (the seed's form post)", tags=["seed"], requestBody=UPLOAD_BODY,
+    parameters=[{"name": "reply", "in": "query", "schema": {"type": "string"},
+                 "description": "page: answer a whole page (the upload page's form)"}],
+    responses={202: {"description": "queued: the seed's sentence (HTML), or JSON when "
+                                    "Accept prefers it", "content": {
+        **HTML, "application/json": {"schema": {"allOf": [
+            ref("UploadAccepted"), record(message={"type": "string"})]}}}},
+        **upload_refusals(page=True)})
 
-    @operation(summary="Upload an image (the seed's form post)", tags=["seed"],
-               requestBody=UPLOAD_BODY, parameters=[{
-                   "name": "reply", "in": "query", "schema": {"type": "string"},
-                   "description": "page: answer a whole page (the upload page's form)"}],
-               responses={202: {"description": "queued: the seed's sentence (HTML), or JSON "
-                                               "when Accept prefers it", "content": {
-                   **HTML, "application/json": {"schema": {"allOf": [
-                       ref("UploadAccepted"), record(message={"type": "string"})]}}}},
-                   **upload_refusals(page=True)})
-    async def post(self):
-        if self._finished:
-            return  # refused while the body streamed in
-        whole_page = self.query_argument("reply", "") == "page"  # a 400 before accepting
-        upload = self.read_upload()
-        await self.accept(upload)
-        message = RECEIVED.format(request_id=upload.request_id, nickname=upload.nickname)
-        status_url = "/api/uploads/%s" % upload.request_id
-        if wants_json(self.request):
-            self.write_json({"request_id": upload.request_id, "status": "queued",
-                             "status_url": status_url, "message": message}, status=202)
-            return
-        self.set_status(202)
-        if whole_page:
-            self.render("received.html", message=message, upload=upload)
-        else:
-            self.finish(RECEIVED.format(request_id=upload.request_id,
-                                        nickname=xhtml_escape(upload.nickname)))
+
+def answer_received(handler, upload, whole_page):
+    """The 202 to the seed's ``POST /``: the seed's sentence as an HTML fragment;
+    JSON when ``Accept`` asks for it; a whole page when the upload page's form
+    (without JavaScript) posted it (``?reply=page``: ``whole_page``)."""
+    message = RECEIVED.format(request_id=upload.request_id, nickname=upload.nickname)
+    if wants_json(handler.request):
+        handler.write_json(dict(queued(upload.request_id), message=message), status=202)
+        return
+    handler.set_status(202)
+    if whole_page:
+        handler.render("received.html", message=message, upload=upload)
+    else:
+        handler.finish(RECEIVED.format(request_id=upload.request_id,
+                                       nickname=xhtml_escape(upload.nickname)))
 
 
 class NicknameImagesHandler(BaseHandler):

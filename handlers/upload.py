@@ -1,27 +1,35 @@
-"""Accepting uploads: check the request, hand the bytes to the broker, answer 202.
+"""Accepting uploads: read the request, hand the bytes to the broker, answer 202.
 
-The body is streamed in (``stream_request_body``) so the size limit is judged
-from ``Content-Length`` before anything is buffered, and a body that grows past
-it is cut off.  The upload is answered ``202`` only after the broker confirmed
-the message; when it cannot (no connection, nack, return, timeout) the answer is
-``503`` with ``Retry-After`` and the upload's row is marked ``refused``, which
-tells the processor to drop the message should it arrive after all (a confirm
-that timed out); an upload is either safely in the broker or refused, never both.
+``accept_upload`` is the one use case behind every route that takes an upload
+(``POST /api/images``, the seed's ``POST /``, the operator's requeue): record
+the upload, publish it, and answer ``202`` only once the broker confirmed it.
+When the broker does not (no connection, nack, return, timeout) the upload's row
+is marked ``refused`` (a requeued one goes back to its dead letter) before the
+``503``: should the message reach the processor after all (a confirm that timed
+out), the processor drops it.  An upload is either safely in the broker or
+refused, never both; when even the refusal cannot be written (the database is
+down too) the answer is ``504``, "outcome unknown", naming the status to follow,
+and the refusal is written as soon as the database answers.
+
+``UploadBody`` is the body-reading part, composed into the handlers of the
+upload routes: the body streams into one buffer sized from ``Content-Length``
+(refused before a byte is read when it is over the size limit, or when the
+uploads in flight already hold ``MAX_INFLIGHT_UPLOAD_BYTES``), and the image is
+sliced out of it with one copy.
 """
 
+import asyncio
 import logging
 import re
 import uuid
 
-import tornado.web
-from tornado.httputil import HTTPInputError, parse_body_arguments
+from tornado.httputil import HTTPFile, HTTPInputError, parse_multipart_form_data
 
 import imaging
 from broker import UPLOAD_ROUTING_KEY, BrokerUnavailable
-from broker.messages import InvalidUpload, Upload, clean_nickname
-from handlers.base import ApiError, BaseHandler
-from handlers.openapi import UPLOAD_BODY, json_answer, operation, ref, upload_refusals
-from logs import set_request_id
+from handlers.base import ApiError
+from storage import StorageError
+from uploads import InvalidUpload, Upload, clean_nickname
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +39,13 @@ RETRY_AFTER = 5
 # A Content-Length past this many digits is over any limit (and int() refuses
 # strings of more than 4300 digits).
 LENGTH_DIGITS = 18
+# Tornado's own limits on a multipart body (tornado.httputil.ParseMultipartConfig).
+MAX_PARTS, MAX_PART_HEADER = 100, 10 * 1024
+# What a refused upload's status says (the broker's own words go to the log).
+REFUSED_WORDS = "the service was busy and did not take the upload; send it again"
+# Waits between attempts at writing a refusal the database did not take.
+SETTLE_DELAY, MAX_SETTLE_DELAY = 0.5, 30.0
+_settling = set()  # those attempts, running
 
 
 def declared_length(value):
@@ -43,101 +58,271 @@ def declared_length(value):
     return int(digits) if len(digits) <= LENGTH_DIGITS else 10 ** LENGTH_DIGITS
 
 
-@tornado.web.stream_request_body
-class UploadHandler(BaseHandler):
-    """``POST /api/images`` with multipart fields ``nickname`` and ``image_data``."""
+def queued(request_id):
+    """The ``202`` answer's fields."""
+    return {"request_id": request_id, "status": "queued",
+            "status_url": "/api/uploads/%s" % request_id}
+
+
+def not_accepted(detail):
+    return ApiError(503, "upload not accepted, try again", detail, retry_after=RETRY_AFTER)
+
+
+# -- accept an upload ---------------------------------------------------------------
+
+async def accept_upload(context, upload, requeue=False):
+    """Record ``upload`` as ``queued`` and publish it, confirmed; return once the
+    broker holds it.  Raises the ApiError to answer otherwise: ``503`` (refused,
+    recorded so), ``504`` (outcome unknown).  ``requeue``: ``upload`` is a dead
+    letter sent back; its row is reset instead of created, and its dead letter,
+    the only copy of the bytes until the broker confirmed, is removed only then."""
+    storage, broker = context.storage, context.broker
+    if not broker.ready:
+        log.warning("upload %s not accepted: the broker is not connected", upload.request_id)
+        raise not_accepted("the message broker is not connected; send the upload again "
+                           "in a few seconds")
+    if requeue:
+        await storage.requeue_dead_letter(upload.request_id)
+    else:
+        await storage.create_upload(upload.request_id, upload.nickname)
+    try:
+        await broker.publish(broker.topology.upload_exchange, UPLOAD_ROUTING_KEY,
+                             mandatory=True, **upload.publish_args())
+    except BrokerUnavailable as exc:
+        log.warning("upload %s: the broker did not take it: %s", upload.request_id, exc)
+        await withdraw(context, upload.request_id, requeue)
+    if requeue:
+        try:
+            await storage.forget_dead_letter(upload.request_id)
+        except StorageError as exc:  # a spare copy: it stays listed, requeueing it is harmless
+            log.warning("upload %s requeued, but its dead letter stays: %s",
+                        upload.request_id, exc)
+    log.info("upload %s accepted: %s, %d bytes, nickname %r", upload.request_id,
+             upload.mime_type, len(upload.data), upload.nickname)
+
+
+def _undo(request_id, requeue):
+    """The storage call that takes back a publish the broker did not confirm."""
+    if requeue:
+        return lambda storage: storage.restore_dead_letter(request_id)
+    return lambda storage: storage.refuse_upload(request_id, REFUSED_WORDS)
+
+
+async def withdraw(context, request_id, requeue):
+    """Take back an upload whose publish was not confirmed (the broker may still
+    hold it: the row decides).  Raises the 503 once it is marked; returns when the
+    processor had already taken it (it is in the broker after all: accepted);
+    raises the 504 when the database could not record it, and keeps trying."""
+    undo = _undo(request_id, requeue)
+    try:
+        undone = await undo(context.storage)
+    except StorageError as exc:
+        log.warning("upload %s: its refusal could not be recorded (%s); answered 504 and "
+                    "trying again", request_id, exc)
+        task = asyncio.ensure_future(_settle(context, request_id, undo))
+        _settling.add(task)
+        task.add_done_callback(_settling.discard)
+        raise ApiError(504, "upload outcome unknown",
+                       "the message broker did not confirm the upload, and it could not be "
+                       "marked refused: it may still be stored. Follow status_url before "
+                       "sending it again.", fields=queued(request_id)) from None
+    if undone:
+        raise not_accepted("the message broker did not take the upload; send it again in "
+                           "a few seconds")
+    log.warning("upload %s: the processor already has it, so it is accepted", request_id)
+
+
+async def _settle(context, request_id, undo):
+    """Write a refusal the database did not take, as soon as it answers."""
+    delay = SETTLE_DELAY
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            undone = await undo(context.storage)
+        except StorageError as exc:
+            delay = min(delay * 2, MAX_SETTLE_DELAY)
+            log.warning("upload %s: refusal still not recorded (%s)", request_id, exc)
+            continue
+        log.info("upload %s: %s", request_id, "refusal recorded" if undone
+                 else "the processor had it after all")
+        return
+
+
+# -- reading the body -----------------------------------------------------------------
+
+class UploadBody:
+    """The body of an upload POST, for a ``@stream_request_body`` handler (list it
+    before BaseHandler).  ``read_upload()`` gives the Upload in it.
+
+    The body goes into one buffer: a bytearray of ``Content-Length`` bytes (a
+    chunked body, without one, grows to at most the limit).  Its declared size
+    counts towards ``MAX_INFLIGHT_UPLOAD_BYTES`` from ``prepare`` until the
+    request ends, however it ends; an upload past that is answered 503 before
+    its body is read."""
+
+    _body, _received, _reserved = None, 0, 0
 
     def check_xsrf_cookie(self):
-        pass  # anonymous uploads from programs carry no one's authority
+        pass  # anonymous uploads carry no one's authority (README, "XSRF")
 
     def prepare(self):
-        self._chunks, self._received = [], 0
+        super().prepare()
+        self._body, self._received, self._reserved = None, 0, 0
+        if self.request.method != "POST":
+            return
         self._limit = self.config.max_upload_bytes + MULTIPART_OVERHEAD
-        length = declared_length(self.request.headers.get("Content-Length"))
-        if length is not None and length > self._limit:
+        self._length = declared_length(self.request.headers.get("Content-Length"))
+        if self._length is not None and self._length > self._limit:
             raise self.too_large()  # answered before a byte of the body is read
+        self._reserve(self._limit if self._length is None else self._length)
+        self._body = bytearray(self._length or 0)
         # A body without Content-Length (chunked) is counted in data_received;
         # Tornado's own cut-off sits above ours so that ours answers first.
         self.request.connection.set_max_body_size(2 * self._limit)
 
+    def _reserve(self, size):
+        context = self.context
+        if context.inflight_upload_bytes + size > self.config.max_inflight_upload_bytes:
+            log.warning("request %s: %d bytes of uploads in flight; %d more refused",
+                        self.request_id, context.inflight_upload_bytes, size)
+            raise not_accepted("the service is receiving as many uploads as it can hold; "
+                               "send it again in a few seconds")
+        context.inflight_upload_bytes += size
+        self._reserved = size
+
+    def _release(self):
+        self.context.inflight_upload_bytes -= self._reserved
+        self._reserved = 0
+
+    def on_finish(self):
+        self._release()
+        super().on_finish()
+
+    def on_connection_close(self):
+        self._release()
+        super().on_connection_close()
+
     def data_received(self, chunk):
-        if self._chunks is None:
+        if self._body is None:
             return  # already refused
-        self._received += len(chunk)
-        if self._received > self._limit:
-            self._chunks = None
+        end = self._received + len(chunk)
+        if self._length is not None:
+            self._body[self._received:end] = chunk  # Tornado stops at Content-Length
+        elif end > self._limit:
+            self._body = None
             error = self.too_large()
             self.send_error(413, exc_info=(type(error), error, None))
             return
-        self._chunks.append(chunk)
+        else:
+            self._body += chunk
+        self._received = end
 
     def too_large(self):
         return ApiError(413, "image too large", "the limit is %d bytes"
                         % self.config.max_upload_bytes)
 
-    @operation(summary="Upload an image", tags=["images"], requestBody=UPLOAD_BODY,
-               responses={202: json_answer("queued: the broker has it", ref("UploadAccepted")),
-                          **upload_refusals()})
-    async def post(self):
-        if self._finished:
-            return  # refused while the body streamed in
-        upload = self.read_upload()
-        set_request_id(upload.request_id)
-        await self.accept(upload)
-        self.write_json({"request_id": upload.request_id, "status": "queued",
-                         "status_url": "/api/uploads/%s" % upload.request_id}, status=202)
-
     def read_upload(self):
-        """The Upload in the request body, or the ApiError that refuses it."""
-        body, self._chunks = b"".join(self._chunks), None
-        arguments, files = {}, {}
+        """The Upload in the request body, or the ApiError that refuses it; None
+        when the request was answered already (refused while the body streamed)."""
+        if self._finished:
+            return None
+        body, self._body = self._body, None
         content_type = self.request.headers.get("Content-Type", "")
         if not content_type.startswith("multipart/form-data"):
             raise ApiError(400, "bad request", "send multipart/form-data with the fields "
                            "nickname and image_data")
         try:
-            parse_body_arguments(content_type, body, arguments, files, self.request.headers)
+            arguments, files = parse_multipart(content_type, body, self.request.headers)
         except HTTPInputError as exc:
             raise ApiError(400, "bad request", "malformed multipart body: %s" % exc) from None
         try:
-            nickname = clean_nickname(b"".join(arguments.get("nickname", [b""])[:1])
+            nickname = clean_nickname(bytes(arguments.get("nickname", [b""])[0])
                                       .decode("utf-8"))
         except UnicodeDecodeError:
             raise ApiError(400, "bad nickname", "nickname is not valid UTF-8") from None
         except InvalidUpload as exc:
             raise ApiError(400, "bad nickname", str(exc)) from None
         uploaded = files.get("image_data")
-        if not uploaded or not uploaded[0].body:
+        if not uploaded or not len(uploaded[0].body):
             raise ApiError(400, "missing file", "attach the image as the field image_data")
-        data = uploaded[0].body
-        if len(data) > self.config.max_upload_bytes:
+        if len(uploaded[0].body) > self.config.max_upload_bytes:
             raise self.too_large()
-        mime_type = imaging.sniff_mime(data)
+        mime_type = imaging.sniff_mime(uploaded[0].body)
         if mime_type not in self.config.accepted_types:
             raise ApiError(415, "unsupported image type",
                            "the file is not one of %s" % ", ".join(self.config.accepted_types))
-        return Upload(uuid.uuid4().hex, nickname, uploaded[0].filename or "", mime_type, data)
+        # The one copy: the request's buffer goes when this returns.
+        return Upload(self.request_id, nickname, uploaded[0].filename or "", mime_type,
+                      bytes(uploaded[0].body))
 
-    async def accept(self, upload):
-        """Record the upload as queued and publish it; 503 unless the broker confirms."""
-        broker = self.context.broker
-        if not broker.ready:
-            raise self.unavailable("the message broker is not connected")
-        await self.context.storage.create_upload(upload.request_id, upload.nickname)
-        try:
-            await broker.publish(broker.topology.upload_exchange, UPLOAD_ROUTING_KEY,
-                                 mandatory=True, **upload.publish_args())
-        except BrokerUnavailable as exc:
-            # The broker may still hold it (a confirm that timed out): the row
-            # decides.  Marked refused, the processor will drop it; already taken
-            # by the processor, it is in the broker after all, and accepted.
-            if await self.context.storage.refuse_upload(upload.request_id, str(exc)):
-                log.warning("upload %s refused: %s", upload.request_id, exc)
-                raise self.unavailable(str(exc)) from None
-            log.warning("upload %s: %s, but the processor already has it", upload.request_id, exc)
-        log.info("upload %s accepted: %s, %d bytes, nickname %r", upload.request_id,
-                 upload.mime_type, len(upload.data), upload.nickname)
 
-    @staticmethod
-    def unavailable(detail):
-        return ApiError(503, "upload not accepted, try again", detail, retry_after=RETRY_AFTER)
+def parse_multipart(content_type, body, headers):
+    """``(arguments, files)`` of a multipart/form-data ``body``, as Tornado's
+    ``parse_body_arguments`` gives them (same rules, same errors), except that
+    each value is a memoryview into ``body`` instead of a copy: Tornado's parser
+    copies the body twice more (``data[:end].split(...)``, then each part's value)."""
+    if "Content-Encoding" in headers:
+        raise HTTPInputError("Unsupported Content-Encoding: %s" % headers["Content-Encoding"])
+    try:
+        fields = content_type.split(";")
+        if fields[0].strip() != "multipart/form-data":
+            raise HTTPInputError("Invalid content type")
+        for field in fields:
+            key, _, value = field.strip().partition("=")
+            if key == "boundary" and value:
+                return _parts(value.encode("utf-8"), body)
+        raise HTTPInputError("multipart boundary not found")
+    except Exception as exc:
+        raise HTTPInputError("Invalid multipart/form-data: %s" % exc) from exc
+
+
+def _parts(boundary, body):
+    if boundary.startswith(b'"') and boundary.endswith(b'"'):
+        boundary = boundary[1:-1]
+    final = body.rfind(b"--" + boundary + b"--")
+    if final == -1:
+        raise HTTPInputError("Invalid multipart/form-data: no final boundary found")
+    delimiter = b"--" + boundary + b"\r\n"
+    spans, start = [], 0
+    while True:
+        found = body.find(delimiter, start, final)
+        spans.append((start, final if found == -1 else found))
+        if found == -1:
+            break
+        if len(spans) >= MAX_PARTS:
+            raise HTTPInputError("multipart/form-data has too many parts")
+        start = found + len(delimiter)
+    view, arguments, files = memoryview(body), {}, {}
+    for start, end in spans:
+        if start == end:
+            continue
+        head_end = body.find(b"\r\n\r\n", start, end)
+        if head_end == -1:
+            raise HTTPInputError("multipart/form-data missing headers")
+        if head_end - start > MAX_PART_HEADER:
+            raise HTTPInputError("multipart/form-data part header too large")
+        if body[end - 2:end] != b"\r\n":
+            raise HTTPInputError("Invalid multipart/form-data")
+        name, file = _part_head(bytes(view[start:head_end]))
+        value = view[head_end + 4:end - 2]
+        if file is None:
+            arguments.setdefault(name, []).append(value)
+        else:
+            files.setdefault(name, []).append(HTTPFile(filename=file.filename, body=value,
+                                                       content_type=file.content_type))
+    return arguments, files
+
+
+def _part_head(head):
+    """``(name, HTTPFile or None)`` from one part's headers, read by Tornado's own
+    parser (the headers alone, with an empty value), so that its rules hold here."""
+    boundary = uuid.uuid4().hex.encode()
+    while boundary in head:
+        boundary = uuid.uuid4().hex.encode()
+    arguments, files = {}, {}
+    parse_multipart_form_data(boundary, b"--%s\r\n%s\r\n\r\n\r\n--%s--" % (
+        boundary, head, boundary), arguments, files)
+    for name, [file] in files.items():
+        return name, file
+    for name in arguments:
+        return name, None

@@ -4,7 +4,8 @@
 the configured URL.  Backends run their blocking database calls in their own
 thread pool, so every method here is a coroutine that is safe on the IOLoop.
 
-An upload moves ``queued`` -> ``processing`` -> ``stored`` | ``failed``.  The
+An upload moves ``queued`` -> ``processing`` -> ``stored`` | ``failed``, or
+``queued`` -> ``refused`` when the broker did not take it.  The
 request id is unique across both tables, which is what makes a redelivered
 upload store once.
 """
@@ -138,8 +139,20 @@ class Storage:
         raise NotImplementedError
 
     async def requeue_dead_letter(self, request_id):
-        """Forget the dead letter and put its upload back to ``queued`` with no
-        attempts counted (before the caller publishes it again)."""
+        """Put a dead letter's upload back to ``queued`` with no attempts counted,
+        before the caller publishes it again.  The dead letter stays: until the
+        broker has confirmed the new message it is the only copy of the bytes."""
+        raise NotImplementedError
+
+    async def restore_dead_letter(self, request_id):
+        """Undo ``requeue_dead_letter`` when the publish failed: ``queued`` ->
+        ``failed``, dead-lettered, with the letter's attempts and error.  True if
+        so, False when the processor had already taken it (it is in the broker)."""
+        raise NotImplementedError
+
+    async def forget_dead_letter(self, request_id):
+        """Remove the dead letter once its message is in the broker again, unless
+        the upload was dead-lettered again meanwhile (then the letter is current)."""
         raise NotImplementedError
 
     async def event_done(self, key):
@@ -163,5 +176,4 @@ def open_storage(config):
         from storage.postgres import PostgresStorage
         return PostgresStorage(config.database_url, pool_size=config.db_pool_size)
     from storage.sqlite import SQLiteStorage
-    return SQLiteStorage(config.database_url[len("sqlite:///"):] or ":memory:",
-                         threads=config.db_pool_size)
+    return SQLiteStorage(config.sqlite_path, threads=config.db_pool_size)

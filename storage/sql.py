@@ -402,12 +402,25 @@ class SQLStorage(Storage):
         return await self._run(select)
 
     async def requeue_dead_letter(self, request_id):
-        def requeue(cursor):
-            self._execute(cursor, "DELETE FROM dead_letters WHERE request_id = %s", (request_id,))
-            self._execute(cursor, "UPDATE uploads SET status = %s, error = NULL, attempts = 0, "
-                          "dead_lettered = 0, updated_at = %s WHERE request_id = %s "
-                          "AND status <> %s", (QUEUED, utc_now(), request_id, STORED))
-        await self._run(requeue, write=True)
+        await self._run(lambda cursor: self._execute(
+            cursor, "UPDATE uploads SET status = %s, error = NULL, attempts = 0, "
+            "dead_lettered = 0, updated_at = %s WHERE request_id = %s AND status <> %s",
+            (QUEUED, utc_now(), request_id, STORED)), write=True)
+
+    async def restore_dead_letter(self, request_id):
+        return await self._run(lambda cursor: self._execute(
+            cursor, "UPDATE uploads SET status = %s, dead_lettered = 1, updated_at = %s, "
+            "attempts = (SELECT attempts FROM dead_letters WHERE request_id = %s), "
+            "error = (SELECT error FROM dead_letters WHERE request_id = %s) "
+            "WHERE request_id = %s AND status = %s",
+            (FAILED, utc_now(), request_id, request_id, request_id, QUEUED)).rowcount == 1,
+            write=True)
+
+    async def forget_dead_letter(self, request_id):
+        await self._run(lambda cursor: self._execute(
+            cursor, "DELETE FROM dead_letters WHERE request_id = %s AND NOT EXISTS "
+            "(SELECT 1 FROM uploads WHERE request_id = %s AND dead_lettered = 1)",
+            (request_id, request_id)), write=True)
 
     # -- notifier bookkeeping ---------------------------------------------
 

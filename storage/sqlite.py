@@ -3,7 +3,8 @@
 Each pool thread keeps its own connection (sqlite3 connections must stay on
 their thread); WAL lets readers run beside the one writer, and writers take the
 lock up front (``BEGIN IMMEDIATE``) so they queue on the busy timeout instead of
-failing on a lock upgrade.
+failing on a lock upgrade.  ``connect`` and ``transaction`` are shared with the
+in-process broker (broker/memory.py), which keeps its queues in such a file.
 """
 
 import contextlib
@@ -15,6 +16,54 @@ import time
 from storage.sql import SQLStorage
 
 BUSY_TIMEOUT = 30  # seconds a connection waits for another's lock
+
+
+def _enable_wal(conn):
+    """Switching a new file to WAL can fail "database is locked" at once, without
+    waiting on the busy timeout, while another process switches it too; retry."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def connect(path, synchronous="NORMAL"):
+    """A connection to ``path`` in WAL mode, in autocommit (``transaction`` opens
+    transactions).  ``synchronous=FULL`` makes every commit reach the disk (fsync)."""
+    if path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # check_same_thread=False only so that the owner may close them all at the end.
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        _enable_wal(conn)
+        conn.execute("PRAGMA synchronous=%s" % synchronous)
+        conn.execute("PRAGMA foreign_keys=ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn, write):
+    """One transaction on ``conn``: committed on exit, rolled back on error (a
+    failed COMMIT included, so the connection never stays inside a transaction)."""
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        # Also when COMMIT itself failed (a deferred constraint, say): SQLite then
+        # keeps the transaction open, and this connection's next BEGIN would fail.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class SQLiteStorage(SQLStorage):
@@ -41,53 +90,17 @@ class SQLiteStorage(SQLStorage):
     def _sql(self, query):
         return query.replace("%s", "?")
 
-    @staticmethod
-    def _enable_wal(conn):
-        """Switching a new file to WAL can fail "database is locked" at once, without
-        waiting on the busy timeout, while another process switches it too; retry."""
-        deadline = time.monotonic() + BUSY_TIMEOUT
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-
     def _connect(self):
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            if self.path != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            # check_same_thread=False only so that close() may close them all at the end.
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
-                                   check_same_thread=False)
-            try:
-                self._enable_wal(conn)
-            except BaseException:
-                conn.close()
-                raise
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
+            conn = connect(self.path)
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
         return conn
 
-    @contextlib.contextmanager
     def _connection(self, write):
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            # Also when COMMIT itself failed (a deferred constraint, say): SQLite then
-            # keeps the transaction open, and this thread's next BEGIN would fail.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        return transaction(self._connect(), write)
 
     def _migration_lock(self, cursor):
         pass  # BEGIN IMMEDIATE already holds the database's only write lock.

@@ -9,7 +9,6 @@ with the reason, unless REQUIRE_SERVICES=1, where it fails them.
 import asyncio
 import itertools
 import os
-import socket
 import sys
 import uuid
 
@@ -25,6 +24,7 @@ from config import Config  # noqa: E402
 from context import close_context, open_context  # noqa: E402
 from handlers import make_app  # noqa: E402
 from server import start_consumers  # noqa: E402
+from tests.processes import free_port  # noqa: E402,F401  (tests import it from here)
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -57,12 +57,6 @@ def require(service, check):
         if REQUIRE_SERVICES:
             pytest.fail(reason + " (REQUIRE_SERVICES=1)")
         pytest.skip(reason)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- per-service namespaces ----------------------------------------------------
@@ -130,6 +124,7 @@ def make_config(request, tmp_path, database, broker, cache, **overrides):
                     retry_delays=TEST_RETRY_DELAYS, max_attempts=3)
     if database == "postgres":
         config.database_url = request.getfixturevalue("postgres_url")
+        config.broker_db_path = str(tmp_path / "broker.db")  # the in-process broker's queues
     else:
         config.database_url = "sqlite:///" + str(tmp_path / "photo-app.db")
     if broker == "rabbitmq":

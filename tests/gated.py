@@ -1,17 +1,21 @@
-"""The app as a child process with its image processing held at a gate the test controls.
+"""The app as a child process with parts of its work held at gates the test controls.
 
-    python -m tests.gated GATE_DIR [server.py arguments]
+    python -m tests.gated POINT=GATE_DIR ... [server.py arguments]
 
-Each call of the processor's image work first writes a line to ``GATE_DIR/entered``,
-then waits until ``GATE_DIR/open`` holds a number at least as large as its own turn
-(1, 2, 3 ... in the order the calls arrive).  So a test decides exactly how many
-uploads get processed, and can see the next one waiting, whatever the speed of the
-machine: work "in flight" is held there, not hoped for.
+A gate holds the calls of one point of the code (``POINTS``; ``images``, the
+processor's image work, unless said otherwise).  Each call first writes a line to
+``GATE_DIR/entered``, then waits until ``GATE_DIR/open`` holds a number at least as
+large as its own turn (1, 2, 3 ... in the order the calls arrive).  So a test decides
+exactly how many uploads get processed, and can see the next one waiting, whatever
+the speed of the machine: work "in flight" is held there, not hoped for.
 
-The test side is ``Gate``: ``Gate(directory)``, ``gate.command(*args)`` for the
-``spawn`` fixture, ``gate.allow(n)`` / ``gate.open()``, ``gate.wait_entered(n)``.
+The test side is ``Gate``: ``Gate(directory, point)``, ``gate.command(*args)`` for
+the ``spawn`` fixture (``also=`` more gates in the same process), ``gate.allow(n)`` /
+``gate.open()``, ``gate.wait_entered(n)``.
 """
 
+import asyncio
+import importlib
 import itertools
 import os
 import sys
@@ -21,16 +25,30 @@ import time
 OPEN_ALL = 10 ** 9
 POLL = 0.01
 
+# Where a gate can hold calls: (module, function or Class.method, which calls it
+# holds: a test of the call's arguments, None for every call).
+POINTS = {
+    # The processor's image work, in its image thread.
+    "images": ("consumers.processor", "process", None),
+    # An upload whose body was read, before anything of it is recorded or published.
+    "uploads": ("storage.sql", "SQLStorage.create_upload", None),
+    # The processor's image.uploaded events: an upload stored, its message not yet acked.
+    "uploaded": ("consumers.processor", "Processor.publish_event",
+                 lambda _consumer, event, *args, **kwargs: event == "image.uploaded"),
+}
+
 
 class Gate:
-    def __init__(self, directory):
+    def __init__(self, directory, point="images"):
         self.directory = directory
+        self.point = point
         os.makedirs(directory, exist_ok=True)
         self.allow(0)
 
-    def command(self, *server_args):
-        """The arguments after ``python`` that start the gated app."""
-        return ["-m", "tests.gated", str(self.directory), *server_args]
+    def command(self, *server_args, also=()):
+        """The arguments after ``python`` that start the app gated here (and at ``also``)."""
+        return ["-m", "tests.gated", *("%s=%s" % (gate.point, gate.directory)
+                                       for gate in (self, *also)), *server_args]
 
     def allow(self, count):
         """Let the first ``count`` calls through (in total, not more)."""
@@ -64,24 +82,42 @@ def _allowed(directory):
         return 0
 
 
-def install(directory):
-    """Wrap the processor's image work so that each call waits for its turn."""
-    import consumers.processor as processor_module
-    real = processor_module.process
+def install(point, directory):
+    """Wrap the function at ``point`` so that each call waits for its turn."""
+    module, path, holds = POINTS[point]
+    *owner_path, name = path.split(".")
+    owner = importlib.import_module(module)
+    for attribute in owner_path:
+        owner = getattr(owner, attribute)
+    real = getattr(owner, name)
     turns, lock = itertools.count(1), threading.Lock()
 
-    def gated(*args, **kwargs):
+    def take_turn():
         with lock:
             turn = next(turns)
             with open(os.path.join(directory, "entered"), "a") as entered:
                 entered.write("%d\n" % turn)
-        while _allowed(directory) < turn:
-            time.sleep(POLL)
+        return turn
+
+    def gated(*args, **kwargs):
+        if holds is None or holds(*args, **kwargs):
+            turn = take_turn()
+            while _allowed(directory) < turn:
+                time.sleep(POLL)
         return real(*args, **kwargs)
-    processor_module.process = gated
+
+    async def gated_coroutine(*args, **kwargs):
+        if holds is None or holds(*args, **kwargs):
+            turn = take_turn()
+            while _allowed(directory) < turn:
+                await asyncio.sleep(POLL)
+        return await real(*args, **kwargs)
+    setattr(owner, name, gated_coroutine if asyncio.iscoroutinefunction(real) else gated)
 
 
 if __name__ == "__main__":
-    install(sys.argv[1])
+    args = sys.argv[1:]
+    while args and args[0].split("=", 1)[0] in POINTS:
+        install(*args.pop(0).split("=", 1))
     import server
-    server.main(sys.argv[2:])
+    server.main(args)

@@ -102,11 +102,12 @@ def close_to(pixel, color, tolerance=40):
 
 
 class FaultyStorage:
-    """The real storage, except that ``method`` raises StorageError on the calls
-    whose numbers (1-based) are in ``failing`` (all calls when it is None)."""
+    """The real storage, except that ``method`` raises StorageError(``error``) on
+    the calls whose numbers (1-based) are in ``failing`` (all calls when it is None)."""
 
-    def __init__(self, inner, method, failing=None):
-        self.inner, self.method, self.failing = inner, method, failing
+    def __init__(self, inner, method, failing=None,
+                 error="the database went away (injected fault)"):
+        self.inner, self.method, self.failing, self.error = inner, method, failing, error
         self.calls = []  # monotonic times of each call of ``method``
 
     def __getattr__(self, name):
@@ -117,7 +118,7 @@ class FaultyStorage:
         async def faulty(*args, **kwargs):
             self.calls.append(time.monotonic())
             if self.failing is None or len(self.calls) in self.failing:
-                raise StorageError("the database went away (injected fault)")
+                raise StorageError(self.error)
             return await attribute(*args, **kwargs)
         return faulty
 

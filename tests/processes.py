@@ -1,15 +1,16 @@
-"""Running the app as OS processes in tests, and talking to it with the
-standard library only.
+"""Running the app as OS processes, and talking to it with the standard
+library only: the plumbing the tests and the benchmarks (bench/) share.
 
 ``Proc`` is one process (``python server.py ...`` or ``python -m consumers.X``)
 whose log goes to a file; the ``spawn`` fixture (tests/conftest.py) starts them
-and ends them at teardown.
+and ends them at teardown, a benchmark when it is done.
 """
 
 import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,22 @@ WEB_READY = ("web: listening on",)
 RABBIT_READY = ("rabbitmq connected",)
 
 
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def die_with_parent():
+    """In the child: get SIGTERM if its parent dies (Linux), so no server outlives
+    the test run or benchmark that started it."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def process_env(**settings):
     """os.environ without any app setting, plus ``settings`` (values made str)."""
     env = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
@@ -48,7 +65,8 @@ class Proc:
         self.stdout_path = directory / ("%s.stdout" % name)
         with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
             self.popen = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                          preexec_fn=die_with_parent)
 
     @property
     def pid(self):
@@ -76,6 +94,19 @@ class Proc:
                                      % (self.name, texts, timeout, self.describe()))
             time.sleep(0.05)
 
+    def wait_ready(self, port, timeout=READY_TIMEOUT):
+        """Wait until ``GET /readyz`` on ``port`` answers 200 (whatever the log
+        level); fail if the process exits first."""
+        def ready():
+            if self.popen.poll() is not None:
+                raise AssertionError("%s exited before it was ready: %s"
+                                     % (self.name, self.describe()))
+            try:
+                return fetch(port, "GET", "/readyz", timeout=2)[0] == 200
+            except OSError:
+                return False
+        wait_until(ready, timeout, lambda: "%s not ready: %s" % (self.name, self.describe()))
+
     def wait(self, timeout=STOP_TIMEOUT):
         try:
             return self.popen.wait(timeout)
@@ -88,12 +119,13 @@ class Proc:
         self.popen.send_signal(signum)
         return self.wait(timeout)
 
-    def end(self):
-        """Teardown: make sure the process is gone, whatever state it is in."""
+    def end(self, timeout=5):
+        """Teardown: make sure the process is gone, whatever state it is in
+        (SIGTERM, then SIGKILL after ``timeout`` seconds)."""
         if self.popen.poll() is None:
             self.popen.terminate()
             try:
-                self.popen.wait(5)
+                self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
@@ -113,21 +145,26 @@ def wait_until(check, timeout, message, interval=0.1):
 
 # -- HTTP, with the standard library only -----------------------------------------
 
+def exchange(conn, method, path, body=None, headers=None):
+    """One request on an open ``http.client`` connection: ``(status, headers, body)``."""
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    return response.status, dict(response.getheaders()), response.read()
+
+
 def fetch(port, method, path, body=None, headers=None, timeout=10):
     """``(status, headers, body)``; goes straight to 127.0.0.1 (no proxy)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        return exchange(conn, method, path, body, headers)
     finally:
         conn.close()
 
 
-def upload(port, data, nickname="alice", filename="photo.png"):
+def upload(port, data, nickname="alice", filename="photo.png", timeout=10):
     content_type, body = multipart({"nickname": nickname}, {"image_data": (filename, data)})
     status, _headers, body = fetch(port, "POST", "/api/images", body,
-                                  {"Content-Type": content_type})
+                                  {"Content-Type": content_type}, timeout=timeout)
     return status, (json.loads(body) if body else None)
 
 

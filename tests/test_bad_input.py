@@ -43,7 +43,7 @@ from PIL import Image
 from tornado.escape import xhtml_escape
 from tornado.tcpclient import TCPClient
 
-from broker.messages import InvalidUpload, clean_nickname
+from uploads import InvalidUpload, clean_nickname
 from handlers.upload import MULTIPART_OVERHEAD
 from tests.conftest import free_port
 from tests.helpers import make_image, post_upload, wait_for_upload
@@ -357,7 +357,7 @@ CASES = [
     case("unknown-method", raw_request("BREW", "/api/images"), 405, E_405,
          "BREW is not allowed here; use GET or POST"),
     case("post-to-an-image", post(upload_form(), path="/api/images/1"), 405, E_405,
-         "POST is not allowed here; use GET"),
+         "POST is not allowed here; use GET or DELETE"),
     # -- paths
     case("path-dot-dot-etc-passwd", get("/api/images/../../etc/passwd"), 404, E_404,
          "no route for /api/images/../../etc/passwd"),

@@ -31,11 +31,12 @@ def broker_kind(request):
 @pytest.fixture
 def make_broker(request, broker_kind):
     """Build (not start) a broker of this test's kind, in a namespace of its own."""
-    def make(url=None, **kwargs):
+    def make(url=None, retry_delays=Topology().retry_delays, **kwargs):
         if broker_kind == "memory":
-            return MemoryBroker(Topology(conftest.unique_name() + "."))
+            path = request.getfixturevalue("tmp_path") / "broker.db"
+            return MemoryBroker(Topology(conftest.unique_name() + ".", retry_delays), str(path))
         prefix = request.getfixturevalue("amqp_prefix")
-        return RabbitMQBroker(Topology(prefix), url or conftest.AMQP_URL, **kwargs)
+        return RabbitMQBroker(Topology(prefix, retry_delays), url or conftest.AMQP_URL, **kwargs)
     return make
 
 
@@ -227,11 +228,34 @@ async def test_publish_before_start_or_after_close_is_refused(make_broker):
         await publish_upload(broker, b"late", "req-late")
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_delay_queue_dead_letters_onwards_once_its_ttl_is_up(make_broker):
+    broker = make_broker(retry_delays=(0.2,))
+    topology = broker.topology
+    received = []
+    async with running(broker):
+        broker.consume(topology.upload_queue, received.append, prefetch=4)
+        await broker.publish(topology.retry_exchange, topology.retry_key(0.2), b"later",
+                             message_id="req-later", content_type="image/png",
+                             headers=dict(HEADERS, attempts=1), mandatory=True)
+        [message] = await eventually(lambda: received)
+        headers = {k: v for k, v in message.headers.items() if not k.startswith("x-")}
+        assert (message.body, message.message_id, message.content_type, headers,  # RabbitMQ
+                message.routing_key, message.redelivered) == (                  # adds x-death
+            b"later", "req-later", "image/png", dict(HEADERS, attempts=1),
+            UPLOAD_ROUTING_KEY, False)
+        message.ack()
+        await broker.cancel(topology.upload_queue)
+    delay_queue = "%s.%s" % (topology.upload_queue, topology.retry_key(0.2))
+    assert await waiting_in(broker, delay_queue) == 0
+    assert await waiting_in(broker, topology.upload_queue) == 0
+
+
 # -- in-process broker only ------------------------------------------------------
 
 @pytest.mark.gen_test(timeout=30)
-async def test_memory_broker_round_robins_between_consumers():
-    broker = MemoryBroker(Topology(conftest.unique_name() + "."))
+async def test_memory_broker_round_robins_between_consumers(tmp_path):
+    broker = MemoryBroker(Topology(conftest.unique_name() + "."), str(tmp_path / "broker.db"))
     queue = broker.topology.upload_queue
     first, second = [], []
     async with running(broker):

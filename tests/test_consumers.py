@@ -16,7 +16,7 @@ import pytest
 import consumers.processor as processor_module
 from broker import UPLOAD_ROUTING_KEY
 from broker.memory import MemoryBroker
-from broker.messages import Upload
+from uploads import Upload
 from consumers.processor import Processor
 from storage import StorageError
 from tests import conftest

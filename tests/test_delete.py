@@ -13,10 +13,10 @@ import tornado.websocket
 
 import consumers.processor as processor_module
 from broker import UPLOAD_ROUTING_KEY, BrokerUnavailable
-from broker.messages import Upload
+from uploads import Upload
 from cache import content_key, thumbnail_key
 from tests.conftest import AMQP_URL, REDIS_URL, free_port
-from tests.helpers import eventually, make_image, post_upload, wait_for_upload
+from tests.helpers import make_image, post_upload, wait_for_upload
 from tests.processes import (RABBIT_READY, WEB_READY, fetch, process_env, upload, wait_stored,
                              wait_until)
 from tests.test_consumers import settled

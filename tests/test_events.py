@@ -176,13 +176,13 @@ def test_every_web_process_sees_every_event(postgres_url, amqp_prefix, spawn):
             assert code == 202, body
             accepted.append(body["request_id"])
         seen = []
-        for socket in sockets:
+        for client in sockets:
             events = {}
             while sum(e[-1:] == ["image.uploaded"] for e in events.values()) < len(accepted):
-                event = await next_event(socket)
+                event = await next_event(client)
                 events.setdefault(event["request_id"], []).append(event["event"])
             seen.append(events)
-            socket.close()
+            client.close()
         return accepted, seen
     accepted, seen = asyncio.run(run())
     for events in seen:

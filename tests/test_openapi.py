@@ -30,11 +30,11 @@ import tornado.web
 from openapi_spec_validator import validate
 
 import handlers
+import handlers.pages
 from config import Config
 from handlers import make_app, web_routes
 from handlers.base import BaseHandler, NotFoundHandler, implemented_methods
 from handlers.openapi import OpenApiError, openapi_document, operation
-from handlers.upload import UploadHandler
 from tests.conftest import AMQP_URL, REDIS_URL, free_port
 from tests.helpers import make_image, post_upload
 from tests.processes import RABBIT_READY, ROOT, WEB_READY, no_traceback, process_env
@@ -172,14 +172,31 @@ async def test_a_repeated_reply_is_refused_before_the_upload_is_accepted(
         http_client, base_url, monkeypatch):
     accepted = []
 
-    async def accept(self, upload):
+    async def accept(context, upload):
         accepted.append(upload)
-    monkeypatch.setattr(UploadHandler, "accept", accept)
+    monkeypatch.setattr(handlers.pages, "accept_upload", accept)
     response = await post_upload(http_client, base_url, data=make_image(),
                                  path="/?reply=page&reply=page",
                                  headers={"Accept": "application/json"})
     assert response.code == 400 and json.loads(response.body)["error"] == "bad query"
     assert accepted == []
+
+
+@pytest.mark.gen_test
+async def test_the_events_route_answers_other_methods_405_with_allow(http_client, base_url):
+    for method in ("PUT", "POST", "DELETE"):  # not a 403 for a missing XSRF token
+        response = await http_client.fetch(base_url + "/api/events", method=method,
+                                           body=None if method == "DELETE" else b"",
+                                           raise_error=False)
+        assert (response.code, response.headers.get("Allow")) == (405, "GET"), method
+
+
+@pytest.mark.gen_test
+async def test_a_401_names_the_bearer_scheme(http_client, base_url, context):
+    context.config.api_token = TOKEN
+    response = await http_client.fetch(base_url + "/api/images/1", method="DELETE",
+                                       raise_error=False)
+    assert (response.code, response.headers.get("WWW-Authenticate")) == (401, "Bearer")
 
 
 # -- schemathesis against a running server ----------------------------------------

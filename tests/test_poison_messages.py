@@ -52,7 +52,7 @@ async def parked(context):
     broker = context.broker
     queue = broker.topology.parked_queue
     if isinstance(broker, MemoryBroker):
-        return [(m.message_id, m.headers, m.body) for m in broker._queues[queue].messages]
+        return [(m.message_id, m.headers, m.body) for m in await broker.peek(queue)]
 
     def peek():
         conn = conftest.amqp_connection()
