@@ -32,11 +32,14 @@ class Config:
     address: str = ""
     # "sqlite:///path" or "postgresql://user:password@host:port/dbname"
     database_url: str = ""
-    # "memory" (the in-process broker) or "amqp://user:password@host:port/vhost"
+    # "memory" (the in-process broker) or "amqp://user:password@host:port/vhost",
+    # or several such URLs, comma-separated: the nodes of one RabbitMQ cluster
     amqp_url: str = "memory"
     # The SQLite file of the in-process broker's queues; "" means the SQLite
     # database itself, or data/broker.db when the database is PostgreSQL.
     broker_db_path: str = ""
+    # "classic" or "quorum" (replicated across a cluster's nodes)
+    amqp_queue_type: str = "classic"
     # "memory", "none" or "redis://host:port/db"
     cache_url: str = "memory"
     # Prefixes keep several deployments (or test runs) apart on shared services.
@@ -102,6 +105,11 @@ class Config:
         return os.path.join(HERE, "data", "broker.db")
 
     @property
+    def amqp_urls(self):
+        """The broker's node URLs, in the order they are tried."""
+        return [url.strip() for url in self.amqp_url.split(",") if url.strip()]
+
+    @property
     def cache_type(self):
         return self.cache_url.split(":", 1)[0]
 
@@ -126,6 +134,13 @@ class Config:
                 "role %s needs a real RabbitMQ: the in-process broker only connects "
                 "roles inside one process. Set AMQP_URL (or RABBITMQ_HOST), or run "
                 "--role=all." % ",".join(self.roles))
+        if self.broker_type == "rabbitmq" and (not self.amqp_urls or any(
+                url.split(":", 1)[0] not in ("amqp", "amqps") for url in self.amqp_urls)):
+            raise ConfigError("AMQP_URL must be 'memory' or amqp://... (several nodes of one "
+                              "cluster: comma-separated)")
+        if self.amqp_queue_type not in ("classic", "quorum"):
+            raise ConfigError("AMQP_QUEUE_TYPE must be classic or quorum; got %r"
+                              % self.amqp_queue_type)
         if self.cache_type not in ("memory", "none", "redis", "rediss"):
             raise ConfigError("REDIS_URL must be redis://..., 'memory' or 'none'; got %r"
                               % redact_url(self.cache_url))
@@ -287,13 +302,16 @@ _SETTINGS = [
     ("--database-url", None, "database_url", str,
      "sqlite:///path or postgresql://... (env DATABASE_URL, or DB_TYPE/SQLITE_DB_PATH/PG*)"),
     ("--amqp-url", None, "amqp_url", str,
-     "amqp://... or 'memory' (env AMQP_URL, or RABBITMQ_HOST/RABBITMQ_PORT)"),
+     "amqp://... (a comma list for a cluster's nodes) or 'memory' "
+     "(env AMQP_URL, or RABBITMQ_HOST/RABBITMQ_PORT)"),
     ("--redis-url", None, "cache_url", str,
      "redis://host:port/db, 'memory' or 'none' (env REDIS_URL, or REDIS_HOST/PORT/DB)"),
     ("--broker-db-path", "BROKER_DB_PATH", "broker_db_path", str,
      "SQLite file of the in-process broker's queues (default: the SQLite database, "
      "or data/broker.db with PostgreSQL)"),
     ("--amqp-prefix", "AMQP_PREFIX", "amqp_prefix", str, "prefix for exchange and queue names"),
+    ("--amqp-queue-type", "AMQP_QUEUE_TYPE", "amqp_queue_type", str,
+     "classic or quorum (replicated; for a RabbitMQ cluster)"),
     ("--cache-prefix", "CACHE_PREFIX", "cache_prefix", str, "prefix for cache keys"),
     ("--max-upload-bytes", "MAX_UPLOAD_BYTES", "max_upload_bytes", int,
      "largest accepted image file"),

@@ -1,6 +1,7 @@
 """Image processing speed, and how the web tier answers while the processor works.
 
     .venv/bin/python bench/processing.py [--count 20] [--rounds 5] [--burst 30] [--quick]
+                                         [--sections a,b,c]
 
 A. Throughput, images per second, on one generated set of photo-like images,
    single-threaded (per core) and with a pool of os.cpu_count() threads, for:
@@ -26,6 +27,11 @@ B. Web responsiveness during a processing burst: server.py with every role on
    /healthz and GET /api/images/{id}/content are timed while idle, then while a
    burst of --burst 12-MP JPEG uploads (from another thread of this process) is
    accepted and processed, until every one of them is stored.
+
+C. Formats: images per second through imaging.process (1 thread and the pool)
+   for one 12-MP photo of the set as JPEG (q90), HEIC (pillow-heif, q90) and
+   AVIF (Pillow, q90), the corpus's iPhone 13 Pro Max HEIC and an AVIF from the
+   corpus, side by side.
 
 The image set is generated once with a fixed seed and kept in
 $TMPDIR/photo-app-bench-processing/ for later runs (--no-cache: generate into
@@ -393,6 +399,58 @@ def profile_processor(images, passes=2):
     print("-" * 78)
 
 
+# -- C: JPEG beside HEIC and AVIF ----------------------------------------------------------
+
+CORPUS = os.path.join(ROOT, "tests", "corpus")
+
+
+def format_set(images):
+    """(label, bytes) per row of C: one 12-MP photo in three formats, and real files."""
+    photo_12mp = next(image for image in images if image.name == "a-12mp")
+    with Image.open(io.BytesIO(photo_12mp.data)) as image:
+        image.load()
+        encoded = []
+        for label, fmt in (("12 MP JPEG q90 (generated)", None),
+                           ("12 MP HEIC q90 (generated)", "HEIF"),
+                           ("12 MP AVIF q90 (generated)", "AVIF")):
+            if fmt is None:
+                encoded.append((label, photo_12mp.data))
+                continue
+            buffer = io.BytesIO()
+            image.save(buffer, fmt, quality=90, **({"speed": 8} if fmt == "AVIF" else {}))
+            encoded.append((label, buffer.getvalue()))
+    for label, path in (("iPhone 13 Pro Max HEIC, 12 MP", "heif/iphone_13_pro_max.heic"),
+                        ("AVIF 640x427 (Pillow's rot3mir1)", "avif/rot3mir1.avif"),
+                        ("camera JPEG 100x66 (Nikon D70)", "cameras/Nikon_D70.jpg")):
+        with open(os.path.join(CORPUS, path), "rb") as f:
+            encoded.append((label, f.read()))
+    return encoded
+
+
+def section_c(args, images, threads):
+    started = time.perf_counter()
+    rows = format_set(images)
+    count = max(4, args.count // 4)
+    print()
+    print("C. Formats: images/s through imaging.process, %d images per run, %d rounds "
+          "(median); encoding took %.1f s" % (count, args.rounds, time.perf_counter() - started))
+    header = "%-36s %8s %12s %14s %10s" % ("file", "MB", "1 thread/s", "pool(%d)/s" % threads,
+                                            "ms/image")
+    print(header)
+    print("-" * len(header))
+    with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="bench") as pool:
+        for label, data in rows:
+            run_processor(data)  # warm-up, and a check that it is stored
+            items = [(0, SetImage(label, label, data, 1, 1))] * count
+            single = statistics.median(run_single(run_processor, items).rate
+                                       for _ in range(args.rounds))
+            pooled = statistics.median(run_pool(pool, run_processor, items).rate
+                                       for _ in range(args.rounds))
+            print("%-36s %8.2f %12.2f %14.2f %10.1f" % (label, len(data) / 1e6, single,
+                                                        pooled, 1000 / single), flush=True)
+    print("-" * len(header))
+
+
 # -- B: web responsiveness during a burst ------------------------------------------------
 
 class Server:
@@ -650,7 +708,7 @@ def parse_args(argv):
     parser.add_argument("--idle-requests", type=int, default=None,
                         help="idle probes per endpoint in B (default 300; --quick 100)")
     parser.add_argument("--quick", action="store_true", help="a short run: smaller defaults")
-    parser.add_argument("--sections", default="a,b", help="which of a, b to run")
+    parser.add_argument("--sections", default="a,b,c", help="which of a, b, c to run")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="pool size in A (default os.cpu_count())")
     parser.add_argument("--probe-interval", type=float, default=0.005,
@@ -674,8 +732,8 @@ def parse_args(argv):
         if getattr(args, name) is None:
             setattr(args, name, short if quick else normal)
     args.sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    if not args.sections or args.sections - {"a", "b"}:
-        parser.error("--sections takes a comma list of a, b")
+    if not args.sections or args.sections - {"a", "b", "c"}:
+        parser.error("--sections takes a comma list of a, b, c")
     if min(args.count, args.rounds, args.burst, args.idle_requests, args.threads) < 1:
         parser.error("--count, --rounds, --burst, --idle-requests and --threads must be "
                      "positive")
@@ -696,6 +754,7 @@ def main(argv=None):
     failed = False
     try:
         import PIL
+        import pillow_heif
         from PIL import features
         cores = os.cpu_count()
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
@@ -705,9 +764,11 @@ def main(argv=None):
                                            + sys.argv[1:]))
         print("machine:     %d cores (os.cpu_count), %d usable by this process; load average "
               "%.2f %.2f %.2f" % ((cores, usable) + os.getloadavg()))
-        print("software:    Python %s, Pillow %s (libjpeg-turbo %s), %s"
+        print("software:    Python %s, Pillow %s (libjpeg-turbo %s, libavif %s), "
+              "pillow-heif %s (libheif %s), %s"
               % (platform.python_version(), PIL.__version__, features.version("jpg"),
-                 platform.platform()))
+                 features.version("avif"), pillow_heif.__version__,
+                 pillow_heif.libheif_version(), platform.platform()))
         print("settings:    thumbnails %s, %s q%d (config.Config() defaults)"
               % (", ".join(map(str, SIZES)), SETTINGS.thumbnail_format,
                  SETTINGS.thumbnail_quality))
@@ -727,6 +788,8 @@ def main(argv=None):
                 profile_processor(images)
         if "b" in args.sections:
             section_b(args, images, tmp, servers)
+        if "c" in args.sections:
+            section_c(args, images, args.threads)
         print()
         print("Notes: figures only; the machine is shared, so compare ratios within one run. "
               "In A\nthe bench is the only load it adds; in B the probe client and the "

@@ -41,15 +41,25 @@ class QueueSpec:
     routing_keys: tuple
     ttl: float = None
     dead_letter: tuple = None  # (exchange, routing key)
+    queue_type: str = "classic"  # or "quorum" (AMQP_QUEUE_TYPE)
 
     @property
     def amqp_arguments(self):
         """The queue's ``x-`` arguments as AMQP declares them."""
-        if self.ttl is None:
-            return {}
-        return {"x-message-ttl": int(self.ttl * 1000),
-                "x-dead-letter-exchange": self.dead_letter[0],
-                "x-dead-letter-routing-key": self.dead_letter[1]}
+        arguments = {}
+        if self.queue_type == "quorum":
+            arguments["x-queue-type"] = "quorum"
+        if self.ttl is not None:
+            arguments.update({"x-message-ttl": int(self.ttl * 1000),
+                              "x-dead-letter-exchange": self.dead_letter[0],
+                              "x-dead-letter-routing-key": self.dead_letter[1]})
+            if self.queue_type == "quorum":
+                # A quorum queue dead-letters at most once by default: a message
+                # lost on the way back would be an upload lost.  At-least-once
+                # needs reject-publish overflow (RabbitMQ 3.10 and later).
+                arguments.update({"x-dead-letter-strategy": "at-least-once",
+                                  "x-overflow": "reject-publish"})
+        return arguments
 
 
 class Topology:
@@ -64,8 +74,10 @@ class Topology:
     it waits there for an operator.
     """
 
-    def __init__(self, prefix="", retry_delays=Config.retry_delays):
+    def __init__(self, prefix="", retry_delays=Config.retry_delays,
+                 queue_type=Config.amqp_queue_type):
         self.prefix = prefix
+        self.queue_type = queue_type
         self.upload_exchange = prefix + "image-processing"
         self.upload_queue = prefix + "image-processing-queue"
         self.retry_exchange = prefix + "image-processing.retry"
@@ -89,16 +101,19 @@ class Topology:
     @property
     def queues(self):
         back_to_work = (self.upload_exchange, UPLOAD_ROUTING_KEY)
+        kind = self.queue_type
         return [
-            QueueSpec(self.upload_queue, self.upload_exchange, (UPLOAD_ROUTING_KEY,)),
+            QueueSpec(self.upload_queue, self.upload_exchange, (UPLOAD_ROUTING_KEY,),
+                      queue_type=kind),
             *[QueueSpec("%s.%s" % (self.upload_queue, self.retry_key(delay)),
                         self.retry_exchange, (self.retry_key(delay),),
-                        ttl=delay, dead_letter=back_to_work)
+                        ttl=delay, dead_letter=back_to_work, queue_type=kind)
               for delay in self.retry_delays],
-            QueueSpec(self.dead_queue, self.dead_exchange, (DEAD_ROUTING_KEY,)),
+            QueueSpec(self.dead_queue, self.dead_exchange, (DEAD_ROUTING_KEY,), queue_type=kind),
             QueueSpec(self.notifications_queue, self.events_exchange,
-                      (IMAGE_UPLOADED, IMAGE_FAILED, IMAGE_DELETED)),
-            QueueSpec(self.parked_queue, self.parked_exchange, (PARKED_ROUTING_KEY,)),
+                      (IMAGE_UPLOADED, IMAGE_FAILED, IMAGE_DELETED), queue_type=kind),
+            QueueSpec(self.parked_queue, self.parked_exchange, (PARKED_ROUTING_KEY,),
+                      queue_type=kind),
         ]
 
 
@@ -170,10 +185,10 @@ class Broker:
 
 
 def open_broker(config):
-    topology = Topology(config.amqp_prefix, config.retry_delays)
+    topology = Topology(config.amqp_prefix, config.retry_delays, config.amqp_queue_type)
     if config.broker_type == "memory":
         from broker.memory import MemoryBroker
         return MemoryBroker(topology, config.embedded_broker_path,
                             confirm_timeout=config.confirm_timeout)
     from broker.rabbitmq import RabbitMQBroker
-    return RabbitMQBroker(topology, config.amqp_url, confirm_timeout=config.confirm_timeout)
+    return RabbitMQBroker(topology, config.amqp_urls, confirm_timeout=config.confirm_timeout)

@@ -7,9 +7,15 @@ One connection per process, created on the running IOLoop, with
   connection (memory or disk alarm) or a timeout raises ``BrokerUnavailable``;
 * one channel per consumer, with its own prefetch.
 
-When the connection drops, a reconnect is scheduled on the loop with a
-growing delay (1 s doubling to 30 s); the topology is declared again and every
-consumer resumes.  The loop itself is never stopped and nothing sleeps on it.
+Given several URLs (the nodes of one cluster), the process connects to the
+first that answers and, when its node goes away, to the next one, round the
+list.  When the connection drops, the next node is tried at once; once every
+node has failed in a row, a reconnect is scheduled on the loop with a growing
+delay (1 s doubling to 30 s).  On each new connection the topology is declared
+again and every consumer resumes.  Publishes still waiting for a confirm when
+a connection drops fail with ``BrokerUnavailable``: the node may have died
+before the message was safe.  The loop itself is never stopped and nothing
+sleeps on it.
 """
 
 import asyncio
@@ -41,9 +47,11 @@ class _Callback:
 
 
 class RabbitMQBroker(Broker):
-    def __init__(self, topology, url, confirm_timeout=10.0):
+    def __init__(self, topology, urls, confirm_timeout=10.0):
+        """``urls``: one AMQP URL, or a list of the URLs of one cluster's nodes."""
         super().__init__(topology)
-        self.url = url
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        self._node = 0                # index in urls of the node (to be) connected
         self.confirm_timeout = confirm_timeout
         self._connection = None
         self._channel = None          # the publishing channel, once confirms are on
@@ -67,8 +75,11 @@ class RabbitMQBroker(Broker):
 
     def describe(self):
         prefix = self.topology.prefix
-        return "rabbitmq at %s%s" % (redact_url(self.url),
-                                     " (name prefix %r)" % prefix if prefix else "")
+        return "rabbitmq at %s%s%s" % (
+            ", ".join(redact_url(url) for url in self.urls),
+            " (name prefix %r)" % prefix if prefix else "",
+            ", %s queues" % self.topology.queue_type if self.topology.queue_type != "classic"
+            else "")
 
     async def start(self):
         self._runner = asyncio.ensure_future(self._run())
@@ -77,20 +88,28 @@ class RabbitMQBroker(Broker):
 
     async def _run(self):
         delay = MIN_DELAY
+        failed = 0  # nodes that failed in a row
         while not self._closing:
+            url = redact_url(self.urls[self._node])
             try:
-                await self._connect()
-                delay = MIN_DELAY
-                log.info("rabbitmq connected, topology declared")
+                await self._connect(self.urls[self._node])
+                delay, failed = MIN_DELAY, 0
+                log.info("rabbitmq connected to %s, topology declared", url)
                 self.connected.set()
                 await self._lost
             except Exception as exc:  # any failure leads to the same reconnect
                 if not self._closing:
-                    log.warning("rabbitmq unavailable: %s", exc or type(exc).__name__)
+                    log.warning("rabbitmq unavailable at %s: %s", url,
+                                exc or type(exc).__name__)
             self.connected.clear()
             self._drop("rabbitmq connection lost")
             if self._closing:
                 break
+            self._node = (self._node + 1) % len(self.urls)
+            failed += 1
+            if failed < len(self.urls):
+                continue  # another node may answer: try it at once
+            failed = 0
             log.info("rabbitmq: reconnecting in %.0f s", delay)
             try:
                 await asyncio.wait_for(self._stopping.wait(), delay)
@@ -98,7 +117,7 @@ class RabbitMQBroker(Broker):
                 pass
             delay = min(delay * 2, MAX_DELAY)
 
-    async def _connect(self):
+    async def _connect(self, url):
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
         opened = loop.create_future()
@@ -118,7 +137,7 @@ class RabbitMQBroker(Broker):
             if not opened.done():
                 opened.set_exception(BrokerUnavailable("closed: %s" % reason))
 
-        params = pika.URLParameters(self.url)
+        params = pika.URLParameters(url)
         params.heartbeat = 30
         params.blocked_connection_timeout = 60
         self._connection = TornadoConnection(

@@ -4,7 +4,8 @@ One decode serves every step.  The header is read first and the image refused
 before any pixel is decoded when it is too large (a decompression bomb that
 declares 100,000 x 100,000 pixels costs nothing).  A JPEG is then decoded at a
 reduced size (``draft``: libjpeg scales by 1/2, 1/4 or 1/8 while decoding) just
-large enough for the largest thumbnail; the decode still reads the whole file,
+large enough for the largest thumbnail (a HEIF, from an embedded thumbnail when it
+has one that large); the decode still reads the whole file,
 so a truncated or corrupt image fails here.  Each smaller thumbnail is made from
 the previous one.  Thumbnails carry no metadata at all (no EXIF, no GPS).
 
@@ -17,10 +18,16 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
+import pillow_heif
 from PIL import ExifTags, Image
 
-from imaging import PILLOW_FORMATS, InvalidImage, sniff_mime
-from imaging.metadata import polyglot_reason, strip_metadata
+from imaging import FORMAT_OF, InvalidImage, sniff_mime
+from imaging.metadata import MARKUP, MARKUP_REASON, polyglot_reason, strip_metadata
+
+# HEIC/HEIF through pillow-heif (libheif).  It applies the file's own rotation and
+# mirror (irot, imir) while decoding and reports EXIF orientation 1, so nothing
+# is turned twice; Pillow's AVIF reader leaves them to us as an EXIF orientation.
+pillow_heif.register_heif_opener()
 
 SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees
 # How to stand each EXIF orientation upright (as ImageOps.exif_transpose does).
@@ -97,6 +104,9 @@ def process(data, settings):
         return _process(data, mime, settings)
     except InvalidImage:
         raise
+    except Image.UnidentifiedImageError:
+        raise InvalidImage("the %s data is corrupt or truncated: its header cannot be read"
+                           % mime) from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise InvalidImage("image is too large to decode safely: %s" % exc) from None
     except Exception as exc:  # Pillow raises many types for bad data
@@ -104,9 +114,8 @@ def process(data, settings):
 
 
 def _process(data, mime, settings):
-    with Image.open(io.BytesIO(data)) as image:
-        if PILLOW_FORMATS.get(image.format) != mime:
-            raise InvalidImage("the bytes start like %s but decode as %s" % (mime, image.format))
+    # Only the reader of the sniffed type may open the bytes.
+    with Image.open(io.BytesIO(data), formats=[FORMAT_OF[mime]]) as image:
         width, height = image.size
         if width * height > settings.max_pixels:
             raise InvalidImage("image is %d x %d pixels, more than the %d allowed"
@@ -114,9 +123,11 @@ def _process(data, mime, settings):
         if max(width, height) > settings.max_side:
             raise InvalidImage("image is %d x %d pixels; no side may exceed %d"
                                % (width, height, settings.max_side))
+        if MARKUP.search(_as_bytes(image.info.get("xmp"))):  # HEIF keeps XMP with the pixels
+            raise InvalidImage("refused as a polyglot: " + MARKUP_REASON)
         exif = image.getexif()
         largest = max(settings.thumbnail_sizes)
-        if image.format == "JPEG":
+        if image.format in ("JPEG", "MPO", "HEIF"):  # HEIF: an embedded thumbnail that big
             image.draft("RGB", (largest, largest))
         image.load()
         # Asked after the load: newer Pillows stand a TIFF upright themselves
@@ -129,6 +140,10 @@ def _process(data, mime, settings):
     return ProcessedImage(mime, stored, width, height, hashlib.sha256(stored).hexdigest(),
                           taken_at=capture_time(exif), camera=camera_model(exif),
                           thumbnails=thumbnails)
+
+
+def _as_bytes(value):
+    return value.encode("utf-8", "replace") if isinstance(value, str) else value or b""
 
 
 def make_thumbnails(image, exif, settings):
@@ -171,8 +186,9 @@ def capture_time(exif):
 
 
 def camera_model(exif):
-    make = str(exif.get(ExifTags.Base.Make) or "").strip("\x00 ")
-    model = str(exif.get(ExifTags.Base.Model) or "").strip("\x00 ")
+    # EXIF strings end at their first NUL; some cameras leave bytes after it.
+    make = str(exif.get(ExifTags.Base.Make) or "").split("\x00")[0].strip()
+    model = str(exif.get(ExifTags.Base.Model) or "").split("\x00")[0].strip()
     if make and model.lower().startswith(make.lower()):
         make = ""
     return " ".join(part for part in (make, model) if part) or None

@@ -4,6 +4,7 @@ and why, thumbnails, EXIF orientation and fields, metadata stripping, bombs.
 Every image is made here with Pillow (or, for the hostile ones, by hand).
 """
 
+import gzip
 import hashlib
 import io
 import struct
@@ -21,7 +22,8 @@ from tests.helpers import close_to, decode, encode
 
 DEFAULT = ImagingSettings.from_config(Config())
 FORMATS = [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("GIF", "image/gif"),
-           ("WEBP", "image/webp"), ("TIFF", "image/tiff"), ("BMP", "image/bmp")]
+           ("WEBP", "image/webp"), ("TIFF", "image/tiff"), ("BMP", "image/bmp"),
+           ("HEIF", "image/heic"), ("AVIF", "image/avif")]  # HEIF: saved by pillow-heif
 RED, BLUE, GREEN, WHITE = (220, 20, 20), (20, 20, 220), (20, 200, 20), (255, 255, 255)
 
 
@@ -160,8 +162,8 @@ def test_every_accepted_type_is_processed(fmt, mime):
         assert close_to(image.convert("RGB").getpixel((image.width // 2, image.height // 2)), RED)
 
 
-def test_supported_types_are_the_six_formats():
-    assert set(SUPPORTED_TYPES) == {mime for _fmt, mime in FORMATS}
+def test_supported_types_are_the_eight_formats():
+    assert set(SUPPORTED_TYPES) == {mime for _fmt, mime in FORMATS} | {"image/heif"}
     assert DEFAULT.accepted == SUPPORTED_TYPES
 
 
@@ -368,6 +370,24 @@ def test_strip_metadata_webp_drops_exif_and_xmp():
     assert struct.unpack("<I", stored[4:8])[0] == len(stored) - 8  # RIFF size is right
 
 
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_strip_metadata_heif_and_avif_drop_gps_exif_and_xmp_in_place(fmt):
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF>where I live</rdf:RDF></x:xmpmeta>'
+    data = encode(upright_picture(), fmt, exif=camera_exif(), xmp=xmp)
+    assert decode(data).getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    result = process(data, STRIP)
+    stored = result.data
+    assert len(stored) == len(data) and result.sha256 == hashlib.sha256(stored).hexdigest()
+    kept = decode(stored)
+    assert len(kept.getexif()) == 0 and not kept.getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    assert not kept.info.get("xmp", b"").strip()
+    for secret in (b"Canon", b"secret-editor", b"2021:06:15", b"where I live"):
+        assert secret not in stored
+    assert kept.tobytes() == decode(data).tobytes()
+    assert (result.taken_at, result.camera) == ("2021-06-15T14:30:05", "Canon EOS 5D Mark IV")
+    assert_upright(decode(process(stored, DEFAULT).thumbnails[0].data), (400, 250))
+
+
 def test_without_strip_option_the_original_is_byte_identical():
     data = solid("JPEG", exif=camera_exif())
     assert process(data, DEFAULT).data == data
@@ -395,7 +415,7 @@ def test_jpeg_with_a_zip_appended_is_a_polyglot():
     assert "polyglot" in message and "follow the end of the image/jpeg data" in message
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "HEIF", "AVIF"])
 def test_any_format_with_an_archive_appended_is_a_polyglot(fmt):
     assert "polyglot" in refused(solid(fmt) + zip_bytes())
 
@@ -471,6 +491,68 @@ def test_a_zip_found_from_the_end_is_a_polyglot_whatever_comes_first():
     assert "polyglot" in refused(solid("JPEG") + junk + zip_bytes())
 
 
+def elf_header():
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)  # 64-bit, little-endian, version 1
+    fields = struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0x401000, 64, 0, 0, 64, 56, 1, 64, 0, 0)
+    return ident + fields + bytes(200)
+
+
+def pe_header():
+    stub = b"MZ" + bytes(58) + struct.pack("<I", 64)
+    return stub + b"PE\x00\x00" + struct.pack("<HHIIIHH", 0x8664, 1, 0, 0, 0, 240, 0x22) \
+        + b"\x0b\x02" + bytes(300)
+
+
+@pytest.mark.parametrize("name,trailer", [
+    ("zip", zip_bytes()),
+    ("pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer\n%%EOF\n"),
+    ("elf", elf_header()),
+    ("pe", pe_header()),
+    ("gzip", gzip.compress(b"a payload " * 50)),
+    ("rar", b"Rar!\x1a\x07\x01\x00" + bytes(64)),
+    ("html", b"<html><body>hello</body></html>"),
+    ("svg with a handler", b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>'),
+    ("php", b"<?php system($_GET['c']); ?>"),
+])
+def test_a_trailer_that_holds_together_as_another_format_is_refused(name, trailer):
+    message = refused(solid("JPEG") + b"\x00" * 4 + trailer)
+    assert "polyglot" in message and "another format" in message, (name, message)
+
+
+@pytest.mark.parametrize("trailer", [
+    b"<", b"<<", b"MZ", b"MZ" + bytes(100), b"PK", b"PK\x03\x04" + bytes(40), b"\x1f\x8b",
+    b"\x1f\x8b\x08\x00" + bytes(30), b"\x7fELF" + bytes(10), b"%PDF-1.4 and nothing else",
+    b"%%EOF", b"PK\x05\x06" + bytes(18), b"<body>", b"<svg/>", b"<!DOCTYPE plist>",
+    b"SEFH\x6b\x00\x00\x00" + bytes(32) + b"SEFT",  # Samsung's trailer, in outline
+])
+def test_a_signature_alone_behind_an_image_is_not_a_polyglot(trailer):
+    data = solid("JPEG") + trailer
+    assert process(data, DEFAULT).data == data
+
+
+def test_xml_in_metadata_is_not_markup():
+    """XMP, and an Apple property list in it, as iPhones write (issue 12's refusal)."""
+    xmp = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+           b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+           b'<!DOCTYPE plist PUBLIC "-//Apple Computer//DTD PLIST 1.0//EN" '
+           b'"http://www.apple.com/DTDs/PropertyList-1.0.dtd"><plist version="1.0"><dict/></plist>')
+    app1 = b"\xff\xe1" + struct.pack(">H", len(xmp) + 31) + b"http://ns.adobe.com/xap/1.0/\x00" + xmp
+    jpeg = solid("JPEG")
+    data = jpeg[:2] + app1 + jpeg[2:]
+    assert decode(data).size == (300, 200)
+    assert process(data, DEFAULT).data == data
+    for fmt in ("PNG", "WEBP", "HEIF", "AVIF"):
+        process(encode(Image.new("RGB", (30, 20), RED), fmt, xmp=xmp), DEFAULT)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heif_and_avif_with_script_in_xmp_are_refused(fmt):
+    """Their XMP sits among the coded data; the reader hands it over."""
+    data = encode(Image.new("RGB", (30, 20), RED), fmt,
+                  xmp=b"<x:xmpmeta><script>alert(1)</script></x:xmpmeta>")
+    assert "markup" in refused(data)
+
+
 def test_harmless_metadata_is_not_a_polyglot():
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", "a < b and 3 > 2, fine")
@@ -478,7 +560,7 @@ def test_harmless_metadata_is_not_a_polyglot():
     process(solid("JPEG", comment=b"holiday, 2021"), DEFAULT)
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "HEIF", "AVIF"])
 def test_truncated_images_are_refused(fmt):
     data = encode(Image.effect_noise((200, 150), 50).convert("RGB"), fmt)
     message = refused(data[:len(data) // 2])
@@ -548,6 +630,24 @@ def test_declared_giants_are_refused_without_decoding(data):
     assert len(data) < 200
     message = refused_cheaply(data)
     assert "too large" in message or "more than" in message or "exceed" in message, message
+
+
+def declaring(fmt, width, height):
+    """A small HEIF or AVIF whose ``ispe`` box (the size readers take) is rewritten."""
+    data = encode(Image.effect_noise((300, 200), 50).convert("RGB"), fmt)
+    at = data.index(b"ispe") + 8  # after the box's version and flags
+    assert struct.unpack(">II", data[at:at + 8]) == (300, 200)
+    return data[:at] + struct.pack(">II", width, height) + data[at + 8:]
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heif_and_avif_giants_are_refused_before_decoding(fmt):
+    assert "8000 x 7000 pixels, more than the 50000000 allowed" in refused_cheaply(
+        declaring(fmt, 8000, 7000))
+    # libavif itself refuses sides this long while reading the header.
+    message = refused_cheaply(declaring(fmt, 40000, 10))
+    assert "no side may exceed 30000" in message or "header cannot be read" in message
+    assert "too large" in refused_cheaply(declaring("HEIF", 100_000, 100_000))
 
 
 def test_default_limits_are_50_megapixels():
