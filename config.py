@@ -81,6 +81,19 @@ class Config:
     log_format: str = "text"
     # Origins besides the page's own host that may open /api/events (scheme://host[:port]).
     allowed_origins: tuple = ()
+    # Notifier actions (notify/): which run, and where webhooks and e-mail go.
+    notify_actions: tuple = None  # None: log plus every action configured below
+    webhook_urls: tuple = ()
+    webhook_secret: str = ""
+    webhook_timeout: float = 15.0
+    # Waits (seconds) before each new try of a webhook or e-mail delivery; after
+    # the last one the delivery is dead-lettered.
+    webhook_retry_delays: tuple = (5, 300, 1800, 7200, 18000, 36000)
+    webhook_allow_private: bool = False
+    smtp_url: str = ""
+    mail_from: str = ""
+    mail_to: tuple = ()
+    mail_digest_seconds: float = 0.0
 
     @property
     def db_type(self):
@@ -164,6 +177,8 @@ class Config:
         if self.database_url.split(":", 1)[0] not in ("sqlite", "postgres", "postgresql"):
             raise ConfigError("DATABASE_URL must be sqlite:///path or postgresql://...; got %r"
                               % redact_url(self.database_url))
+        from notify import validate_notify_config
+        validate_notify_config(self)
         return self
 
 
@@ -180,6 +195,7 @@ BOUNDS = {
     "max_image_pixels": (1, _MAX_INT), "max_image_side": (1, _MAX_INT),
     "thumbnail_quality": (1, 100),
     "max_attempts": (1, 1000), "max_deliveries": (1, 1000),
+    "webhook_timeout": (0.001, _DAY),
 }
 
 
@@ -288,6 +304,11 @@ def _origins(value):
     return tuple(word.rstrip("/") for word in _words(value))
 
 
+def _list(value):
+    """A comma list, case kept (URLs, addresses)."""
+    return tuple(word.strip() for word in value.split(",") if word.strip())
+
+
 def _flag(value):
     word = value.strip().lower()
     if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
@@ -356,6 +377,24 @@ _SETTINGS = [
      "text (default) or json: one JSON object per log line"),
     ("--allowed-origins", "ALLOWED_ORIGINS", "allowed_origins", _origins,
      "comma list of origins besides the page's own that may open /api/events"),
+    ("--notify-actions", "NOTIFY_ACTIONS", "notify_actions", _words,
+     "comma list of log, webhook, email (default: log plus every one configured)"),
+    ("--webhook-urls", "WEBHOOK_URLS", "webhook_urls", _list,
+     "comma list of URLs each event is POSTed to (Standard Webhooks)"),
+    ("--webhook-secret", "WEBHOOK_SECRET", "webhook_secret", str,
+     "whsec_ + base64 of 24-64 random bytes; signs every webhook"),
+    ("--webhook-timeout", "WEBHOOK_TIMEOUT", "webhook_timeout", float,
+     "seconds an endpoint (or the SMTP server) gets to answer"),
+    ("--webhook-retry-delays", "WEBHOOK_RETRY_DELAYS", "webhook_retry_delays", _delays,
+     "comma list of waits (s) before each retry of a webhook or e-mail"),
+    ("--webhook-allow-private", "WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private", _flag,
+     "allow webhook URLs on loopback, private and link-local addresses (true/false)"),
+    ("--smtp-url", "SMTP_URL", "smtp_url", str,
+     "smtp://, smtp+starttls:// or smtps://user:password@host:port"),
+    ("--mail-from", "MAIL_FROM", "mail_from", str, "sender address of notification e-mail"),
+    ("--mail-to", "MAIL_TO", "mail_to", _list, "comma list of recipients"),
+    ("--mail-digest-seconds", "MAIL_DIGEST_SECONDS", "mail_digest_seconds", float,
+     "gather events into one e-mail per this many seconds (0: one per event)"),
 ]
 
 

@@ -25,6 +25,9 @@ IMAGE_DELETED = "image.deleted"
 # Every event of the events exchange: what each web process hears for its pages.
 EVENT_KEYS = (IMAGE_PROCESSING, IMAGE_UPLOADED, IMAGE_FAILED, IMAGE_DELETED)
 DEAD_ROUTING_KEY = "dead"
+# Notifier actions that deliver outside (notify/): each has its own queue of
+# deliveries, routed by the action's name, and its own delay queues for retries.
+DELIVERY_ACTIONS = ("webhook", "email")
 PARKED_ROUTING_KEY = "parked"
 
 
@@ -75,7 +78,8 @@ class Topology:
     """
 
     def __init__(self, prefix="", retry_delays=Config.retry_delays,
-                 queue_type=Config.amqp_queue_type):
+                 queue_type=Config.amqp_queue_type,
+                 delivery_delays=Config.webhook_retry_delays):
         self.prefix = prefix
         self.queue_type = queue_type
         self.upload_exchange = prefix + "image-processing"
@@ -88,15 +92,47 @@ class Topology:
         self.parked_exchange = prefix + "photo-app.parked"
         self.parked_queue = prefix + "photo-app.parked"
         self.retry_delays = tuple(retry_delays)
+        # Webhook and e-mail deliveries (one message per delivery, consumers/deliveries.py).
+        self.deliveries_exchange = prefix + "photo-app.deliveries"
+        self.deliveries_retry_exchange = prefix + "photo-app.deliveries.retry"
+        self.delivery_delays = tuple(delivery_delays)
 
     @staticmethod
     def retry_key(delay):
         return "retry.%gs" % delay
 
+    def delivery_queue(self, action):
+        return "%sphoto-app.%s" % (self.prefix, action)
+
+    @classmethod
+    def delivery_retry_key(cls, action, delay):
+        return "%s.%s" % (action, cls.retry_key(delay))
+
+    @property
+    def webhook_queue(self):
+        return self.delivery_queue("webhook")
+
+    @property
+    def email_queue(self):
+        return self.delivery_queue("email")
+
+    def delivery_queues(self):
+        """Per action: its queue, and one delay queue per retry delay that leads back to it."""
+        return [spec for action in DELIVERY_ACTIONS for spec in [
+            QueueSpec(self.delivery_queue(action), self.deliveries_exchange, (action,),
+                      queue_type=self.queue_type),
+            *[QueueSpec("%s.%s" % (self.delivery_queue(action), self.retry_key(delay)),
+                        self.deliveries_retry_exchange,
+                        (self.delivery_retry_key(action, delay),),
+                        ttl=delay, dead_letter=(self.deliveries_exchange, action),
+                        queue_type=self.queue_type)
+              for delay in self.delivery_delays]]]
+
     @property
     def exchanges(self):
         return [self.upload_exchange, self.retry_exchange, self.dead_exchange,
-                self.events_exchange, self.parked_exchange]
+                self.events_exchange, self.parked_exchange, self.deliveries_exchange,
+                self.deliveries_retry_exchange]
 
     @property
     def queues(self):
@@ -114,6 +150,7 @@ class Topology:
                       (IMAGE_UPLOADED, IMAGE_FAILED, IMAGE_DELETED), queue_type=kind),
             QueueSpec(self.parked_queue, self.parked_exchange, (PARKED_ROUTING_KEY,),
                       queue_type=kind),
+            *self.delivery_queues(),
         ]
 
 
@@ -185,7 +222,8 @@ class Broker:
 
 
 def open_broker(config):
-    topology = Topology(config.amqp_prefix, config.retry_delays, config.amqp_queue_type)
+    topology = Topology(config.amqp_prefix, config.retry_delays, config.amqp_queue_type,
+                        delivery_delays=config.webhook_retry_delays)
     if config.broker_type == "memory":
         from broker.memory import MemoryBroker
         return MemoryBroker(topology, config.embedded_broker_path,

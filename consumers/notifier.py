@@ -2,11 +2,14 @@
 
 Each event runs every configured action once: an action that succeeded is
 recorded under the event's message id, so a redelivered event skips it (and
-runs only the ones that had not finished).  This release ships the log action;
-webhook and e-mail actions are further entries in ``ACTIONS``.
+runs only the ones that had not finished).  ``log`` writes a line here; the
+webhook and e-mail actions only record their deliveries and hand them to
+their senders (``notify``, ``consumers/deliveries.py``), so no endpoint ever
+holds back this queue.  NOTIFY_ACTIONS picks which run.
 """
 
 import asyncio
+import functools
 import json
 import logging
 
@@ -14,17 +17,23 @@ from broker.messages import event_message_id
 from consumers import run_role
 from consumers.base import Consumer
 from logs import set_request_id
+from notify import enabled_actions
+from notify.outbox import Outbox
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("photo_app.notifications")
 
 
-async def log_action(event):
+async def log_action(event, key=None):
     """One structured line per event."""
     events_log.info("notification %s", json.dumps(event, sort_keys=True))
 
 
-ACTIONS = {"log": log_action}
+def configured_actions(context):
+    """The actions NOTIFY_ACTIONS enables, by name: each ``async action(event, key)``."""
+    outbox = Outbox(context)
+    return {name: log_action if name == "log" else functools.partial(outbox.enqueue, name)
+            for name in enabled_actions(context.config)}
 
 
 class Notifier(Consumer):
@@ -32,7 +41,7 @@ class Notifier(Consumer):
 
     def __init__(self, context, actions=None):
         super().__init__(context)
-        self.actions = dict(actions or ACTIONS)
+        self.actions = dict(actions or configured_actions(context))
         self._running = {}  # event key -> future done when its delivery has finished
 
     async def handle(self, message):
@@ -55,7 +64,7 @@ class Notifier(Consumer):
                 done_key = "%s:%s" % (name, key)
                 if await storage.event_done(done_key):
                     continue
-                await action(event)
+                await action(event, key)
                 await storage.record_event(done_key)
         finally:
             del self._running[key]

@@ -14,7 +14,7 @@ import tornado.web
 
 from handlers.base import NotFoundHandler
 from handlers.events import MAX_MESSAGE_SIZE, PING_INTERVAL, EventsHandler
-from handlers.failed import FailedListHandler, RequeueHandler
+from handlers.failed import FailedListHandler, RequeueDeliveryHandler, RequeueHandler
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.html import StaticHandler
 from handlers.login import LoginHandler, LogoutHandler
@@ -41,6 +41,8 @@ def web_routes(context):
         (r"/api/events", EventsHandler, deps),
         (r"/api/failed", FailedListHandler, deps),
         (r"/api/failed/(?P<request_id>[0-9a-zA-Z-]{1,64})/requeue", RequeueHandler, deps),
+        (r"/api/failed/deliveries/(?P<delivery_id>[0-9]{1,18})/requeue", RequeueDeliveryHandler,
+         deps),
         (r"/api/openapi\.json", OpenApiHandler, deps),
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, deps),

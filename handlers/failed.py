@@ -5,10 +5,13 @@ cookie of /login with the XSRF token); without a configured token they are
 closed (403), since they act on everyone's uploads.
 """
 
+from broker import BrokerUnavailable
+from config import redact_url
 from handlers.base import ApiError, BaseHandler
 from handlers.openapi import (error, json_answer, operation, operator, outcome_unknown, ref,
                               unavailable)
-from handlers.upload import accept_upload, queued
+from handlers.upload import RETRY_AFTER, accept_upload, queued
+from notify.outbox import Outbox
 from uploads import Upload
 
 
@@ -20,18 +23,31 @@ class OperatorHandler(BaseHandler):
 
 
 class FailedListHandler(OperatorHandler):
-    """``GET /api/failed``: dead-lettered uploads with their reason and attempts."""
+    """``GET /api/failed``: dead-lettered uploads with their reason and attempts,
+    and failed webhook and e-mail deliveries (``failed_deliveries``)."""
 
-    @operation(**operator(summary="Dead-lettered uploads", tags=["operator"], responses={
-        200: json_answer("the dead letters, oldest first", {
-            "type": "object", "required": ["failed"],
-            "properties": {"failed": {"type": "array", "items": ref("DeadLetter")}}}),
+    @operation(**operator(summary="Dead-lettered uploads and failed deliveries",
+                          tags=["operator"], responses={
+        200: json_answer("the dead letters, oldest first, and the failed deliveries", {
+            "type": "object", "required": ["failed", "deliveries"], "properties": {
+                "failed": {"type": "array", "items": ref("DeadLetter")},
+                "deliveries": {"type": "array", "items": ref("FailedDelivery")}}}),
         503: unavailable()}))
     async def get(self):
         letters = await self.context.storage.list_dead_letters()
         for letter in letters:
             letter["requeue_url"] = "/api/failed/%s/requeue" % letter["request_id"]
-        self.write_json({"failed": letters})
+        self.write_json({"failed": letters,
+                         "deliveries": await failed_deliveries(self.context.storage)})
+
+
+async def failed_deliveries(storage):
+    """Dead-lettered (``dead``) and refused (``gone``, 410) webhook and e-mail deliveries."""
+    deliveries = await storage.list_failed_deliveries()
+    for delivery in deliveries:
+        delivery["target"] = redact_url(delivery["target"])  # a URL may hold a password
+        delivery["requeue_url"] = "/api/failed/deliveries/%d/requeue" % delivery["id"]
+    return deliveries
 
 
 class RequeueHandler(OperatorHandler):
@@ -54,3 +70,34 @@ class RequeueHandler(OperatorHandler):
             request_id, letter["nickname"], letter["filename"], letter["content_type"],
             letter["data"]), requeue=True)
         self.write_json(queued(request_id), status=202)
+
+
+class RequeueDeliveryHandler(OperatorHandler):
+    """``POST /api/failed/deliveries/{id}/requeue``: try a failed delivery again from
+    its first try, with the same id (so a receiver can still drop a copy); 202."""
+
+    @operation(**operator(summary="Try a failed webhook or e-mail delivery again",
+                          tags=["operator"], responses={
+        202: json_answer("pending again", {
+            "type": "object", "required": ["id", "status"],
+            "properties": {"id": {"type": "integer"}, "status": {"const": "pending"}}}),
+        404: error("no delivery has that id"),
+        409: error("the delivery has not failed"),
+        503: unavailable("the broker did not take it, or the database is unavailable")}))
+    async def post(self, delivery_id):
+        storage = self.context.storage
+        delivery, requeued = await storage.requeue_delivery(int(delivery_id))
+        if delivery is None:
+            raise ApiError(404, "unknown delivery", "no delivery has id %s" % delivery_id)
+        if not requeued:
+            raise ApiError(409, "not failed", "delivery %s is %s" % (delivery_id,
+                                                                   delivery["status"]))
+        # Pending first: the sender may take the message the moment it is published.
+        try:
+            await Outbox(self.context).publish(delivery, 0)
+        except BrokerUnavailable as exc:
+            await storage.settle_delivery(delivery["id"], delivery["status"], delivery["tries"],
+                                          delivery["last_error"])  # as it was
+            raise ApiError(503, "not re-queued, try again", str(exc),
+                           retry_after=RETRY_AFTER) from None
+        self.write_json({"id": delivery["id"], "status": "pending"}, status=202)

@@ -27,6 +27,7 @@ PLAIN_PATH = re.compile(r"(?:[A-Za-z0-9_/{}-]|\\\.)*")
 PARAMETERS = {
     "image_id": "an image's id",
     "request_id": "an upload's request id (from its 202 answer)",
+    "delivery_id": "a webhook or e-mail delivery's id",
     "nickname": "the nickname the images were uploaded under",
 }
 
@@ -180,6 +181,10 @@ SCHEMAS = {
     "ImageList": record(images={"type": "array", "items": ref("Image")},
                         next_cursor=dict(nullable(STRING),
                                          description="the next page's cursor; null on the last")),
+    "FailedDelivery": dict(record(
+        id=INTEGER, target=dict(STRING, description="the URL (password redacted) or address"),
+        status={"enum": ["dead", "gone"]}, tries=INTEGER, requeue_url=STRING),
+        description="a webhook or e-mail delivery that gave up (dead) or was refused (gone)"),
     "DeadLetter": record(request_id=STRING, nickname=STRING, filename=STRING,
                          content_type=STRING, size=INTEGER, attempts=INTEGER,
                          error=nullable(STRING), created_at=STRING, requeue_url=STRING),

@@ -18,6 +18,10 @@ QUEUED, PROCESSING, STORED, FAILED = "queued", "processing", "stored", "failed"
 REFUSED = "refused"
 # The upload's image was deleted (DELETE /api/images/{id}); a redelivery never brings it back.
 DELETED = "deleted"
+# A webhook or e-mail delivery: ``pending`` (waiting, being sent or to be retried),
+# then ``delivered``; ``gone`` (the endpoint answered 410) or ``dead`` (out of tries)
+# are the failed ones, listed and sendable again.
+PENDING, DELIVERED, GONE, DEAD = "pending", "delivered", "gone", "dead"
 
 
 class StorageError(Exception):
@@ -160,6 +164,57 @@ class Storage:
         raise NotImplementedError
 
     async def record_event(self, key):
+        raise NotImplementedError
+
+    # Deliveries are dicts with ``id``, ``action``, ``target``, ``message_id``,
+    # ``event``, ``payload`` (decoded JSON), ``status``, ``tries``, ``last_error``,
+    # ``lease_owner``, ``lease_until`` (Unix seconds), ``created_at``, ``updated_at``.
+
+    async def create_delivery(self, action, target, message_id, event, payload):
+        """Record a ``pending`` delivery; one per (action, target, message id), so the
+        same event recorded twice returns the delivery recorded first."""
+        raise NotImplementedError
+
+    async def get_delivery(self, delivery_id):
+        raise NotImplementedError
+
+    async def claim_delivery(self, delivery_id, tries, owner, now, lease):
+        """Take the delivery for ``lease`` seconds if it is pending after ``tries``
+        tries and nobody else holds a live lease.  Returns ``(outcome, delivery)``:
+        ``claimed``; ``done`` (settled, or a later try exists: drop the message);
+        ``busy`` (another sender holds it, or its last try is not recorded yet:
+        look again later); ``missing``."""
+        raise NotImplementedError
+
+    async def settle_delivery(self, delivery_id, status, tries, error=None):
+        """Release the lease; record ``status``, the tries made and the last error."""
+        raise NotImplementedError
+
+    async def list_failed_deliveries(self, limit=100):
+        """``dead`` and ``gone`` deliveries, most recently failed first."""
+        raise NotImplementedError
+
+    async def requeue_delivery(self, delivery_id):
+        """A failed delivery back to ``pending`` with no tries.  Returns
+        ``(delivery as it was, requeued)``; ``(None, False)`` if there is none."""
+        raise NotImplementedError
+
+    async def gather_digest_event(self, action, target, message_id, payload):
+        """Keep an event for the next digest (once per message id)."""
+        raise NotImplementedError
+
+    async def count_digest_events(self, action, target):
+        """Events gathered and not yet in a digest."""
+        raise NotImplementedError
+
+    async def close_digest(self, action, target, message_id, gathered_before):
+        """If an open event was gathered at or before ``gathered_before`` (ISO 8601),
+        put every open event into one new pending delivery (payload: their list) and
+        return it; else None.  Each event lands in one digest, whoever closes it."""
+        raise NotImplementedError
+
+    async def unsent_digests(self, action):
+        """Digest deliveries never tried nor claimed (their message may be lost)."""
         raise NotImplementedError
 
     async def close(self):

@@ -7,10 +7,11 @@ once here, with ``%s`` placeholders that SQLite's subclass turns into ``?``.
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+import json
 from datetime import datetime, timezone
 
-from storage import (DELETED, FAILED, PROCESSING, QUEUED, REFUSED, STORED, Storage,
-                     StorageError)
+from storage import (DEAD, DELETED, FAILED, GONE, PENDING, PROCESSING, QUEUED, REFUSED,
+                     STORED, Storage, StorageError)
 
 # Each entry is one schema version; never edit one that has shipped, append.
 MIGRATIONS = [
@@ -80,6 +81,38 @@ MIGRATIONS = [
         deleted_at {timestamp} NOT NULL
     )
     """,
+    # Webhook and e-mail deliveries (notify/, consumers/deliveries.py): one row per
+    # event (or digest) and target, its state, tries, last error and the sender's lease;
+    # and the events a mail digest gathers until it is sent.
+    """
+    CREATE TABLE deliveries (
+        id {id_column},
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        tries INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        lease_owner TEXT,
+        lease_until DOUBLE PRECISION,
+        created_at {timestamp} NOT NULL,
+        updated_at {timestamp} NOT NULL,
+        UNIQUE (action, target, message_id)
+    );
+    CREATE INDEX deliveries_status ON deliveries (status, updated_at);
+    CREATE TABLE digest_events (
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at {timestamp} NOT NULL,
+        delivery_id BIGINT,
+        PRIMARY KEY (action, target, message_id)
+    );
+    CREATE INDEX digest_events_open ON digest_events (action, target, delivery_id)
+    """,
 ]
 
 IMAGE_COLUMNS = ("id, request_id, nickname, mime_type, size, width, height, sha256, created_at, "
@@ -88,6 +121,8 @@ UPLOAD_COLUMNS = ("request_id, nickname, status, image_id, duplicate, error, att
                   "dead_lettered, created_at, updated_at")
 DEAD_LETTER_COLUMNS = ("request_id, nickname, filename, content_type, attempts, error, "
                        "created_at")
+DELIVERY_COLUMNS = ("id, action, target, message_id, event, payload, status, tries, last_error, "
+                    "lease_owner, lease_until, created_at, updated_at")
 
 
 def utc_now():
@@ -432,6 +467,121 @@ class SQLStorage(Storage):
         await self._run(lambda cursor: self._execute(
             cursor, "INSERT INTO events_done (key, done_at) VALUES (%s, %s) "
             "ON CONFLICT (key) DO NOTHING", (key, utc_now())), write=True)
+
+    # -- deliveries (webhooks, e-mail) ------------------------------------
+
+    def _get_delivery(self, cursor, delivery_id):
+        row = self._one(cursor, "SELECT %s FROM deliveries WHERE id = %%s" % DELIVERY_COLUMNS,
+                        (delivery_id,), DELIVERY_COLUMNS)
+        if row is not None:
+            row["payload"] = json.loads(row["payload"])
+        return row
+
+    async def get_delivery(self, delivery_id):
+        return await self._run(self._get_delivery, delivery_id)
+
+    def _insert_delivery(self, cursor, action, target, message_id, event, payload, now):
+        self._execute(cursor, "INSERT INTO deliveries (action, target, message_id, event, "
+                      "payload, status, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, "
+                      "%s, %s) ON CONFLICT (action, target, message_id) DO NOTHING",
+                      (action, target, message_id, event, json.dumps(payload), PENDING, now, now))
+        return self._execute(cursor, "SELECT id FROM deliveries WHERE action = %s AND "
+                             "target = %s AND message_id = %s",
+                             (action, target, message_id)).fetchone()[0]
+
+    async def create_delivery(self, action, target, message_id, event, payload):
+        def create(cursor):
+            delivery_id = self._insert_delivery(cursor, action, target, message_id, event,
+                                                payload, utc_now())
+            return self._get_delivery(cursor, delivery_id)
+        return await self._run(create, write=True)
+
+    async def claim_delivery(self, delivery_id, tries, owner, now, lease):
+        def claim(cursor):
+            claimed = self._execute(
+                cursor, "UPDATE deliveries SET lease_owner = %s, lease_until = %s, "
+                "updated_at = %s WHERE id = %s AND status = %s AND tries = %s AND "
+                "(lease_until IS NULL OR lease_until < %s)",
+                (owner, now + lease, utc_now(), delivery_id, PENDING, tries, now)).rowcount
+            delivery = self._get_delivery(cursor, delivery_id)
+            if delivery is None:
+                return "missing", None
+            if claimed:
+                return "claimed", delivery
+            if delivery["status"] != PENDING or delivery["tries"] > tries:
+                return "done", delivery
+            return "busy", delivery
+        return await self._run(claim, write=True)
+
+    async def settle_delivery(self, delivery_id, status, tries, error=None):
+        await self._run(lambda cursor: self._execute(
+            cursor, "UPDATE deliveries SET status = %s, tries = %s, last_error = %s, "
+            "lease_owner = NULL, lease_until = NULL, updated_at = %s WHERE id = %s",
+            (status, tries, error, utc_now(), delivery_id)), write=True)
+
+    async def list_failed_deliveries(self, limit=100):
+        def select(cursor):
+            rows = self._execute(cursor, "SELECT %s FROM deliveries WHERE status IN (%%s, %%s) "
+                                 "ORDER BY updated_at DESC LIMIT %%s" % DELIVERY_COLUMNS,
+                                 (DEAD, GONE, limit)).fetchall()
+            return [dict(self._row(DELIVERY_COLUMNS, row), payload=json.loads(row[5]))
+                    for row in rows]
+        return await self._run(select)
+
+    async def requeue_delivery(self, delivery_id):
+        def requeue(cursor):
+            before = self._get_delivery(cursor, delivery_id)
+            if before is None or before["status"] not in (DEAD, GONE):
+                return before, False
+            self._execute(cursor, "UPDATE deliveries SET status = %s, tries = 0, "
+                          "lease_owner = NULL, lease_until = NULL, updated_at = %s "
+                          "WHERE id = %s", (PENDING, utc_now(), delivery_id))
+            return before, True
+        return await self._run(requeue, write=True)
+
+    async def gather_digest_event(self, action, target, message_id, payload):
+        await self._run(lambda cursor: self._execute(
+            cursor, "INSERT INTO digest_events (action, target, message_id, payload, created_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (action, target, message_id) DO NOTHING",
+            (action, target, message_id, json.dumps(payload), utc_now())), write=True)
+
+    async def count_digest_events(self, action, target):
+        return await self._run(lambda cursor: self._execute(
+            cursor, "SELECT COUNT(*) FROM digest_events WHERE action = %s AND target = %s AND "
+            "delivery_id IS NULL", (action, target)).fetchone()[0])
+
+    async def close_digest(self, action, target, message_id, gathered_before):
+        def close(cursor):
+            due = self._execute(cursor, "SELECT 1 FROM digest_events WHERE action = %s AND "
+                                "target = %s AND delivery_id IS NULL AND created_at <= %s",
+                                (action, target, gathered_before)).fetchone()
+            if due is None:
+                return None
+            delivery_id = self._insert_delivery(cursor, action, target, message_id, "digest",
+                                                [], utc_now())
+            # Rows another process is closing at this moment are locked until it
+            # commits, and then no longer open: each event goes in one digest.
+            self._execute(cursor, "UPDATE digest_events SET delivery_id = %s WHERE action = %s "
+                          "AND target = %s AND delivery_id IS NULL",
+                          (delivery_id, action, target))
+            payloads = [json.loads(row[0]) for row in self._execute(
+                cursor, "SELECT payload FROM digest_events WHERE delivery_id = %s "
+                "ORDER BY created_at, message_id", (delivery_id,)).fetchall()]
+            if not payloads:
+                self._execute(cursor, "DELETE FROM deliveries WHERE id = %s", (delivery_id,))
+                return None
+            self._execute(cursor, "UPDATE deliveries SET payload = %s WHERE id = %s",
+                          (json.dumps(payloads), delivery_id))
+            return self._get_delivery(cursor, delivery_id)
+        return await self._run(close, write=True)
+
+    async def unsent_digests(self, action):
+        def select(cursor):
+            rows = self._execute(cursor, "SELECT id FROM deliveries WHERE action = %s AND "
+                                 "event = %s AND status = %s AND tries = 0 AND "
+                                 "lease_until IS NULL", (action, "digest", PENDING)).fetchall()
+            return [self._get_delivery(cursor, row[0]) for row in rows]
+        return await self._run(select)
 
     async def close(self):
         self._executor.shutdown(wait=True)

@@ -33,6 +33,8 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = uuid.uuid4().hex[:8]
 # Short waits between attempts, so retry paths finish within a test.
 TEST_RETRY_DELAYS = (0.2, 0.5)
+# The same for webhook and e-mail deliveries: four retries, five tries in all.
+TEST_DELIVERY_DELAYS = (0.1, 0.1, 0.2, 0.2)
 _counter = itertools.count(1)
 
 # The stacks every route and consumer test runs on: (database, broker, cache).
@@ -96,7 +98,8 @@ def amqp_prefix():
     from broker import Topology
     conn = amqp_connection()
     channel = conn.channel()
-    for topology in (Topology(prefix), Topology(prefix, TEST_RETRY_DELAYS)):
+    for topology in (Topology(prefix),
+                     Topology(prefix, TEST_RETRY_DELAYS, delivery_delays=TEST_DELIVERY_DELAYS)):
         for spec in topology.queues:
             channel.queue_delete(spec.name)
         for exchange in topology.exchanges:
@@ -121,7 +124,8 @@ def redis_prefix():
 def make_config(request, tmp_path, database, broker, cache, **overrides):
     """A Config for the named backends, each in a namespace of this test's own."""
     config = Config(port=0, image_workers=2, db_pool_size=4, shutdown_timeout=5,
-                    retry_delays=TEST_RETRY_DELAYS, max_attempts=3)
+                    retry_delays=TEST_RETRY_DELAYS, max_attempts=3,
+                    webhook_retry_delays=TEST_DELIVERY_DELAYS)
     if database == "postgres":
         config.database_url = request.getfixturevalue("postgres_url")
         config.broker_db_path = str(tmp_path / "broker.db")  # the in-process broker's queues

@@ -54,9 +54,13 @@ def test_every_url_is_redacted_in_the_description():
 
 def test_quorum_arguments_of_each_queue():
     topology = Topology("p.", (2,), "quorum")
-    work, retry, dead, notifications, parked = topology.queues
-    for spec in (work, dead, notifications, parked):
-        assert spec.amqp_arguments == {"x-queue-type": "quorum"}
+    retry = next(spec for spec in topology.queues
+                 if spec.name == "p.image-processing-queue.retry.2s")
+    for spec in topology.queues:
+        if spec.ttl is None:
+            assert spec.amqp_arguments == {"x-queue-type": "quorum"}, spec
+        else:
+            assert spec.amqp_arguments["x-dead-letter-strategy"] == "at-least-once", spec
     assert retry.amqp_arguments == {
         "x-queue-type": "quorum", "x-message-ttl": 2000,
         "x-dead-letter-exchange": "p.image-processing",

@@ -44,7 +44,8 @@ TOKEN = "schemathesis-token"
 # conditional reads answered 304), few enough for the suite.
 MAX_EXAMPLES = 25
 # A value for each path parameter name, to call every operation once.
-SAMPLES = {"image_id": "1", "request_id": "no-such-upload", "nickname": "alice"}
+SAMPLES = {"image_id": "1", "request_id": "no-such-upload", "nickname": "alice",
+           "delivery_id": "1"}
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 

@@ -148,7 +148,8 @@ async def test_operator_routes_need_the_token(http_client, base_url, context):
 
 def test_retry_queues_send_back_to_the_work_queue():
     topology = Topology("p.", (2, 10))
-    retry = [spec for spec in topology.queues if spec.ttl is not None]
+    retry = [spec for spec in topology.queues
+             if spec.ttl is not None and spec.exchange == topology.retry_exchange]
     assert [(spec.name, spec.ttl) for spec in retry] == [
         ("p.image-processing-queue.retry.2s", 2), ("p.image-processing-queue.retry.10s", 10)]
     assert all(spec.dead_letter == ("p.image-processing", "image-processing-queue")
