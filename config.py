@@ -76,6 +76,9 @@ class Config:
     max_deliveries: int = 10
     api_token: str = ""
     xsrf_secret: str = ""
+    # Behind a reverse proxy: take the client's address and scheme from its
+    # X-Forwarded-For / X-Real-Ip and X-Forwarded-Proto / X-Scheme headers.
+    trust_proxy_headers: bool = False
     log_level: str = "INFO"
     # "text" (the human format) or "json" (one object per line; logs.py)
     log_format: str = "text"
@@ -373,6 +376,8 @@ _SETTINGS = [
     ("--api-token", "API_TOKEN", "api_token", str,
      "bearer token for the operator routes (dead letters)"),
     ("--xsrf-secret", "XSRF_SECRET", "xsrf_secret", str, "cookie secret for page forms"),
+    ("--trust-proxy-headers", "TRUST_PROXY_HEADERS", "trust_proxy_headers", _flag,
+     "take the client's address and scheme from a reverse proxy's X-Forwarded-* headers"),
     ("--log-format", "LOG_FORMAT", "log_format", str,
      "text (default) or json: one JSON object per log line"),
     ("--allowed-origins", "ALLOWED_ORIGINS", "allowed_origins", _origins,

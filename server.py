@@ -38,7 +38,8 @@ def start_http(context):
     config = context.config
     server = tornado.httpserver.HTTPServer(
         make_app(context), max_body_size=config.max_upload_bytes + MULTIPART_OVERHEAD,
-        idle_connection_timeout=60, body_timeout=config.body_timeout)
+        idle_connection_timeout=60, body_timeout=config.body_timeout,
+        xheaders=config.trust_proxy_headers)
     server.listen(config.port, config.address)
     log.info("web: listening on http://%s:%d/", config.address or "localhost", config.port)
     return server
