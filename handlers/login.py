@@ -9,7 +9,6 @@ from handlers.openapi import error, html_answer, operation, redirect
 from handlers.pages import PageHandler
 
 
-
 def local_path(value):
     """Where to go after signing in: a path on this site, never another site."""
     if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
