@@ -1,6 +1,9 @@
 """HTTP handlers and the one place the Tornado application is built.
 
 Route lists are built per role: a process without the web role serves no HTTP.
+Every route is in the OpenAPI document (handlers/openapi.py): its groups are
+named (they become the path's parameters) and each method it serves carries
+its ``@operation``, or the application is not built.
 """
 
 import logging
@@ -17,6 +20,7 @@ from handlers.html import StaticHandler
 from handlers.login import LoginHandler, LogoutHandler
 from handlers.images import (ImageContentHandler, ImageHandler, ImagesHandler,
                              ThumbnailHandler, UploadStatusHandler)
+from handlers.openapi import OpenApiHandler, openapi_document
 from handlers.pages import GalleryHandler, IndexHandler, PhotoHandler, UploadPageHandler
 from handlers.seed import DbTypeHandler, NicknameImagesHandler, SniffMimeHandler
 
@@ -30,24 +34,26 @@ def web_routes(context):
     return [
         (r"/", IndexHandler, deps),
         (r"/api/images", ImagesHandler, deps),
-        (r"/api/uploads/([0-9a-zA-Z-]{1,64})", UploadStatusHandler, deps),
-        (r"/api/images/([0-9]{1,18})", ImageHandler, deps),
-        (r"/api/images/([0-9]{1,18})/content", ImageContentHandler, deps),
-        (r"/api/images/([0-9]{1,18})/thumbnail", ThumbnailHandler, deps),
+        (r"/api/uploads/(?P<request_id>[0-9a-zA-Z-]{1,64})", UploadStatusHandler, deps),
+        (r"/api/images/(?P<image_id>[0-9]{1,18})", ImageHandler, deps),
+        (r"/api/images/(?P<image_id>[0-9]{1,18})/content", ImageContentHandler, deps),
+        (r"/api/images/(?P<image_id>[0-9]{1,18})/thumbnail", ThumbnailHandler, deps),
         (r"/api/events", EventsHandler, deps),
         (r"/api/failed", FailedListHandler, deps),
-        (r"/api/failed/([0-9a-zA-Z-]{1,64})/requeue", RequeueHandler, deps),
-        (r"/api/failed/deliveries/([0-9]{1,18})/requeue", RequeueDeliveryHandler, deps),
+        (r"/api/failed/(?P<request_id>[0-9a-zA-Z-]{1,64})/requeue", RequeueHandler, deps),
+        (r"/api/failed/deliveries/(?P<delivery_id>[0-9]{1,18})/requeue", RequeueDeliveryHandler,
+         deps),
+        (r"/api/openapi\.json", OpenApiHandler, deps),
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, deps),
         # pages (the upload page is "/" above)
         (r"/gallery", GalleryHandler, deps),
-        (r"/photos/([0-9]{1,18})", PhotoHandler, deps),
-        (r"/uploads/([0-9a-zA-Z-]{1,64})", UploadPageHandler, deps),
+        (r"/photos/(?P<image_id>[0-9]{1,18})", PhotoHandler, deps),
+        (r"/uploads/(?P<request_id>[0-9a-zA-Z-]{1,64})", UploadPageHandler, deps),
         (r"/login", LoginHandler, deps),
         (r"/logout", LogoutHandler, deps),
         # the seed's routes (its POST / is IndexHandler's)
-        (r"/images/([^/]+)", NicknameImagesHandler, deps),
+        (r"/images/(?P<nickname>[^/]+)", NicknameImagesHandler, deps),
         (r"/dbtype", DbTypeHandler, deps),
         (r"/sniff-mime", SniffMimeHandler, deps),
     ]
@@ -78,8 +84,10 @@ def cookie_secret(config):
 
 
 def make_app(context):
+    routes = web_routes(context)
     return tornado.web.Application(
-        web_routes(context),
+        routes,
+        openapi=openapi_document(routes, context.config),
         default_handler_class=NotFoundHandler,
         default_handler_args={"context": context},
         template_path=os.path.join(ROOT, "templates"),

@@ -19,17 +19,29 @@ from logs import set_request_id
 from storage import StorageError
 
 
-class ApiError(tornado.web.HTTPError):
-    """An error answered as ``{"error": ..., "detail": ...}`` with ``status``."""
+def implemented_methods(handler_class):
+    """The HTTP methods ``handler_class`` defines (Tornado answers the others 405)."""
+    return [method for method in handler_class.SUPPORTED_METHODS
+            if getattr(handler_class, method.lower(), None)
+            is not getattr(tornado.web.RequestHandler, method.lower(), None)]
 
-    def __init__(self, status, error, detail=None, retry_after=None, fields=None):
+
+class ApiError(tornado.web.HTTPError):
+    """An error answered as ``{"error": ..., "detail": ...}`` with ``status``
+    (and ``headers``: set in write_error, since send_error clears any set before)."""
+
+    def __init__(self, status, error, detail=None, retry_after=None, fields=None, headers=None):
         super().__init__(status, reason=None)
         self.error = error
         self.detail = detail
-        self.retry_after = retry_after
         self.fields = fields or {}  # more of the JSON answer (a 504's status_url)
+        self.headers = dict(headers or {})
+        if retry_after:
+            self.headers["Retry-After"] = str(retry_after)
 
 
+# A 401 names the scheme to use (RFC 9110 11.6.1).
+BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 # What a client is told about a database fault (the driver's words are logged).
 DATABASE_DOWN = "the database is not answering; try again in a few seconds"
 
@@ -118,15 +130,22 @@ class BaseHandler(tornado.web.RequestHandler):
         if given is None:
             if self.signed_in():
                 return  # and check_xsrf_cookie has checked its XSRF token
-            self.set_header("WWW-Authenticate", "Bearer")
             raise ApiError(401, "unauthorized", "send Authorization: Bearer <API_TOKEN>, "
-                           "or sign in at /login")
+                           "or sign in at /login", headers=BEARER_CHALLENGE)
         scheme, _, credentials = given.partition(" ")
         if scheme.lower() != "bearer" or not credentials:
-            self.set_header("WWW-Authenticate", "Bearer")
-            raise ApiError(401, "unauthorized", "send Authorization: Bearer <API_TOKEN>")
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <API_TOKEN>",
+                           headers=BEARER_CHALLENGE)
         if not hmac.compare_digest(credentials.strip().encode(), token.encode()):
             raise ApiError(403, "forbidden", "the token is not the API token")
+
+    def query_argument(self, name, default=None):
+        """The query parameter ``name`` (``default`` when absent), or a 400 when it
+        is given more than once: which of the values was meant would be a guess."""
+        values = self.get_query_arguments(name)
+        if len(values) > 1:
+            raise ApiError(400, "bad query", "give %s only once" % name)
+        return values[0] if values else default
 
     def write_json(self, value, status=200):
         self.set_status(status)
@@ -142,9 +161,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def allowed_methods(self):
         """The HTTP methods this handler serves (those it defines)."""
-        return [method for method in self.SUPPORTED_METHODS
-                if getattr(type(self), method.lower(), None)
-                is not getattr(tornado.web.RequestHandler, method.lower(), None)]
+        return implemented_methods(type(self))
 
     def write_error(self, status_code, **kwargs):
         status_code, error, detail = self.error_fields(status_code, kwargs)
@@ -164,8 +181,8 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header("Retry-After", "5")
         elif isinstance(exc, ApiError):
             error, detail = exc.error, exc.detail
-            if exc.retry_after:
-                self.set_header("Retry-After", str(exc.retry_after))
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         elif status_code == 405:
             # A 405 names the methods that are allowed, in Allow (RFC 9110 15.5.6).
             allowed = self.allowed_methods()

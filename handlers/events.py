@@ -14,6 +14,9 @@ import urllib.parse
 
 import tornado.websocket
 
+from handlers.base import implemented_methods
+from handlers.openapi import operation
+
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 256          # frames queued for one client before it is dropped
@@ -51,6 +54,28 @@ class EventsHandler(tornado.websocket.WebSocketHandler):
         self.context = context
         self.hub = context.events
         self.pending = 0
+
+    @operation(summary="Live events over a WebSocket: one JSON text frame per event",
+               tags=["images"], parameters=[{
+                   "name": "nickname", "in": "query", "schema": {"type": "string"},
+                   "description": "only this nickname's events"}], responses={
+        101: {"description": "switched to the WebSocket protocol"},
+        400: {"description": "not a WebSocket handshake",
+              "content": {"text/html": {"schema": {"type": "string"}}}},
+        403: {"description": "the Origin is neither this host nor one of ALLOWED_ORIGINS",
+              "content": {"text/html": {"schema": {"type": "string"}}}},
+        426: {"description": "a WebSocket version other than 13", "headers": {
+            "Sec-WebSocket-Version": {"required": True, "schema": {"type": "string"}}}}})
+    async def get(self, *args, **kwargs):
+        await super().get(*args, **kwargs)
+
+    def check_xsrf_cookie(self):
+        pass  # only GET is served (never XSRF-checked): any other method is a 405, not a 403
+
+    def write_error(self, status_code, **kwargs):
+        if status_code == 405:  # as BaseHandler's: name the allowed method (RFC 9110 15.5.6)
+            self.set_header("Allow", ", ".join(implemented_methods(type(self))))
+        super().write_error(status_code, **kwargs)
 
     def check_origin(self, origin):
         """The page's own host, or one of ALLOWED_ORIGINS (scheme://host[:port])."""

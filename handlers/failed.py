@@ -8,6 +8,8 @@ closed (403), since they act on everyone's uploads.
 from broker import BrokerUnavailable
 from config import redact_url
 from handlers.base import ApiError, BaseHandler
+from handlers.openapi import (error, json_answer, operation, operator, outcome_unknown, ref,
+                              unavailable)
 from handlers.upload import RETRY_AFTER, accept_upload, queued
 from notify.outbox import Outbox
 from uploads import Upload
@@ -24,6 +26,13 @@ class FailedListHandler(OperatorHandler):
     """``GET /api/failed``: dead-lettered uploads with their reason and attempts,
     and failed webhook and e-mail deliveries (``failed_deliveries``)."""
 
+    @operation(**operator(summary="Dead-lettered uploads and failed deliveries",
+                          tags=["operator"], responses={
+        200: json_answer("the dead letters, oldest first, and the failed deliveries", {
+            "type": "object", "required": ["failed", "deliveries"], "properties": {
+                "failed": {"type": "array", "items": ref("DeadLetter")},
+                "deliveries": {"type": "array", "items": ref("FailedDelivery")}}}),
+        503: unavailable()}))
     async def get(self):
         letters = await self.context.storage.list_dead_letters()
         for letter in letters:
@@ -46,6 +55,12 @@ class RequeueHandler(OperatorHandler):
     (confirmed), with fresh attempts; answered like an upload, 202.  The dead
     letter is removed only once the broker has the message again."""
 
+    @operation(**operator(summary="Publish a dead-lettered upload again", tags=["operator"],
+                          responses={
+        202: json_answer("queued again, with fresh attempts", ref("UploadAccepted")),
+        404: error("no dead letter has that request id"),
+        503: unavailable("the broker did not take it, or the database is unavailable"),
+        504: outcome_unknown()}))
     async def post(self, request_id):
         letter = await self.context.storage.get_dead_letter(request_id)
         if letter is None:
@@ -61,6 +76,14 @@ class RequeueDeliveryHandler(OperatorHandler):
     """``POST /api/failed/deliveries/{id}/requeue``: try a failed delivery again from
     its first try, with the same id (so a receiver can still drop a copy); 202."""
 
+    @operation(**operator(summary="Try a failed webhook or e-mail delivery again",
+                          tags=["operator"], responses={
+        202: json_answer("pending again", {
+            "type": "object", "required": ["id", "status"],
+            "properties": {"id": {"type": "integer"}, "status": {"const": "pending"}}}),
+        404: error("no delivery has that id"),
+        409: error("the delivery has not failed"),
+        503: unavailable("the broker did not take it, or the database is unavailable")}))
     async def post(self, delivery_id):
         storage = self.context.storage
         delivery, requeued = await storage.requeue_delivery(int(delivery_id))

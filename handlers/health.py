@@ -3,6 +3,10 @@
 import logging
 
 from handlers.base import BaseHandler
+from handlers.openapi import RETRY_AFTER, json_answer, operation, record
+
+READY = record(status={"type": "string"}, checks=record(
+    database={"type": "string"}, broker={"type": "string"}, cache={"type": "string"}))
 from storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -11,6 +15,8 @@ log = logging.getLogger(__name__)
 class HealthHandler(BaseHandler):
     """``GET /healthz``: the process is up and its IOLoop answers."""
 
+    @operation(summary="Liveness", tags=["health"], responses={
+        200: json_answer("the process answers", record(status={"const": "ok"}))})
     def get(self):
         self.write_json({"status": "ok"})
 
@@ -20,6 +26,10 @@ class ReadyHandler(BaseHandler):
     naming what is down.  A cache that is down is reported but does not make
     the service unready: reads then go to the database."""
 
+    @operation(summary="Readiness of the database, broker and cache", tags=["health"],
+               responses={200: json_answer("ready", READY),
+                          503: json_answer("the database or the broker is down", READY,
+                                           RETRY_AFTER)})
     async def get(self):
         checks = {}
         try:

@@ -11,7 +11,10 @@ from broker import IMAGE_DELETED, BrokerUnavailable
 from broker.messages import deletion_event
 from cache import CachedImage, content_key, forget_image, thumbnail_key
 from handlers.base import ApiError, BaseHandler
+from handlers.openapi import (UPLOAD_BODY, error, json_answer, operation, operator, ref,
+                              unavailable, unknown, upload_refusals)
 from handlers.upload import REFUSED_WORDS, UploadBody, accept_upload, queued
+from imaging import SUPPORTED_TYPES
 from storage import REFUSED
 
 # The bytes under one id never change, but a deleted image should leave the caches
@@ -21,6 +24,16 @@ RETRY_AFTER = 5
 # Image bytes are never a document: no script, no plugin, no same-origin rights.
 BYTES_POLICY = "default-src 'none'; sandbox"
 DEFAULT_LIMIT, MAX_LIMIT = 24, 100
+LIST_PARAMETERS = [
+    {"name": "nickname", "in": "query", "schema": {"type": "string"},
+     "description": "only this nickname's images (trimmed; empty: everyone's)"},
+    {"name": "limit", "in": "query",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+     "description": "next_cursor from the previous page"},
+]
+LIST_ERRORS = ("a limit outside 1-%d, a cursor that is not a next_cursor, a parameter "
+               "given twice" % MAX_LIMIT)
 CURSOR = re.compile(r"[A-Za-z0-9_-]{1,40}")
 CURSOR_TEXT = re.compile(r"before:([1-9][0-9]{0,17})")
 
@@ -90,7 +103,7 @@ def decode_cursor(cursor):
 
 def parse_limit(value):
     """``limit`` from a query: DEFAULT_LIMIT when absent, 1..MAX_LIMIT, else a 400."""
-    if value is None or value == "":
+    if value is None:
         return DEFAULT_LIMIT
     if not re.fullmatch(r"[0-9]{1,4}", value) or not 1 <= int(value) <= MAX_LIMIT:
         raise ApiError(400, "bad limit", "limit must be a whole number from 1 to %d"
@@ -128,17 +141,24 @@ class ImagesHandler(UploadBody, BaseHandler):
     ``{"images": [...], "next_cursor"}`` newest first, with ``nickname``,
     ``limit`` (default 24, at most 100) and ``cursor`` from the query."""
 
+    @operation(summary="Upload an image", tags=["images"], requestBody=UPLOAD_BODY,
+               responses={202: json_answer("queued: the broker has it", ref("UploadAccepted")),
+                          **upload_refusals()})
     async def post(self):
         upload = self.read_upload()
         if upload is not None:
             await accept_upload(self.context, upload)
             self.write_json(queued(upload.request_id), status=202)
 
+    @operation(summary="Image metadata, newest first, a page at a time", tags=["images"],
+               parameters=LIST_PARAMETERS, responses={
+                   200: json_answer("one page", ref("ImageList")),
+                   400: error(LIST_ERRORS), 503: unavailable()})
     async def get(self):
-        limit = parse_limit(self.get_query_argument("limit", None))
+        limit = parse_limit(self.query_argument("limit"))
         images, next_cursor = await list_page(
-            self.context.storage, self.get_query_argument("nickname", ""),
-            self.get_query_argument("cursor", ""), limit)
+            self.context.storage, self.query_argument("nickname", ""),
+            self.query_argument("cursor", ""), limit)
         sizes = self.config.thumbnail_sizes
         self.write_json({"images": [image_json(image, sizes) for image in images],
                          "next_cursor": next_cursor})
@@ -147,6 +167,8 @@ class ImagesHandler(UploadBody, BaseHandler):
 class UploadStatusHandler(BaseHandler):
     """``GET /api/uploads/{request_id}``: where an upload is in its life."""
 
+    @operation(summary="Where an upload is", tags=["images"], responses={
+        200: json_answer("its status", ref("Upload")), 404: unknown(), 503: unavailable()})
     async def get(self, request_id):
         self.request_id = request_id
         upload = await self.context.storage.get_upload(request_id)
@@ -162,12 +184,19 @@ class ImageHandler(BaseHandler):
 
     operator_methods = ("DELETE",)
 
+    @operation(summary="An image's metadata", tags=["images"], responses={
+        200: json_answer("its metadata", ref("Image")), 404: unknown(), 503: unavailable()})
     async def get(self, image_id):
         image = await self.context.storage.get_image(int(image_id))
         if image is None:
             raise not_found(image_id)
         self.write_json(image_json(image, self.config.thumbnail_sizes))
 
+    @operation(**operator(summary="Delete an image, everywhere", tags=["operator"], responses={
+        204: {"description": "deleted, and every web node told"},
+        404: error("no image has that id (or it is already deleted)"),
+        503: unavailable("deleted but not yet announced (send the same DELETE again), or "
+                         "the database is unavailable")}))
     async def delete(self, image_id):
         self.require_operator()
         if not await delete_image(self.context, int(image_id)):
@@ -222,9 +251,28 @@ class ImmutableBytesHandler(BaseHandler):
             self.finish(entry.data)
 
 
+def bytes_answers(what, responses=None):
+    """The answers of a route of immutable bytes, with ``responses`` of its own."""
+    return {
+        200: {"description": what, "headers": {
+            "ETag": {"required": True, "schema": {"type": "string"}},
+            "Cache-Control": {"required": True, "schema": {"const": IMMUTABLE}}},
+            "content": {mime_type: {"schema": {"type": "string", "format": "binary"}}
+                        for mime_type in SUPPORTED_TYPES}},
+        304: {"description": "If-None-Match names its ETag: not modified", "headers": {
+            "ETag": {"required": True, "schema": {"type": "string"}}}},
+        404: unknown(), 503: unavailable(), **(responses or {})}
+
+
+IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "schema": {"type": "string"},
+                 "description": "an ETag from an earlier answer: 304 if it still matches"}
+
+
 class ImageContentHandler(ImmutableBytesHandler):
     """``GET /api/images/{id}/content``: the original bytes."""
 
+    @operation(summary="An image's original bytes", tags=["images"],
+               parameters=[IF_NONE_MATCH], responses=bytes_answers("the bytes as uploaded"))
     async def get(self, image_id):
         self.serve(image_id, await cached_content(self.context, int(image_id)))
 
@@ -233,9 +281,14 @@ class ThumbnailHandler(ImmutableBytesHandler):
     """``GET /api/images/{id}/thumbnail?size=N``: an upright, metadata-free
     thumbnail; ``size`` is one of the configured sizes (default the smallest)."""
 
+    @operation(lambda config: dict(
+        summary="An image's thumbnail", tags=["images"], parameters=[IF_NONE_MATCH, {
+            "name": "size", "in": "query", "description": "default the smallest",
+            "schema": {"type": "integer", "enum": sorted(config.thumbnail_sizes)}}],
+        responses=bytes_answers("the thumbnail", {400: error("size is not one of them, or twice")})))
     async def get(self, image_id):
         sizes = self.config.thumbnail_sizes
-        size = self.get_argument("size", str(min(sizes)))
+        size = self.query_argument("size", str(min(sizes)))
         if not re.fullmatch(r"[0-9]{1,5}", size) or int(size) not in sizes:
             raise ApiError(400, "bad size", "size must be one of %s"
                            % ", ".join(str(s) for s in sizes))

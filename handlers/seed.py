@@ -12,6 +12,8 @@ import imaging
 from handlers.base import ApiError, BaseHandler
 from handlers.html import wants_json
 from handlers.images import cached_content
+from handlers.openapi import (CONTROLS, HTML, UPLOAD_BODY, error, json_answer, operation,
+                              record, ref, unavailable, upload_refusals)
 from handlers.upload import queued
 from uploads import has_control_characters
 
@@ -20,16 +22,28 @@ RECEIVED = "Request {request_id} received. Image '{nickname}' is being processed
 ID_PAGE = 100
 
 
-def answer_received(handler, upload):
+# The seed's upload (``POST /``, handlers.pages.IndexHandler): its operation.
+SEED_UPLOAD = dict(
+    summary="Upload an image (the seed's form post)", tags=["seed"], requestBody=UPLOAD_BODY,
+    parameters=[{"name": "reply", "in": "query", "schema": {"type": "string"},
+                 "description": "page: answer a whole page (the upload page's form)"}],
+    responses={202: {"description": "queued: the seed's sentence (HTML), or JSON when "
+                                    "Accept prefers it", "content": {
+        **HTML, "application/json": {"schema": {"allOf": [
+            ref("UploadAccepted"), record(message={"type": "string"})]}}}},
+        **upload_refusals(page=True)})
+
+
+def answer_received(handler, upload, whole_page):
     """The 202 to the seed's ``POST /``: the seed's sentence as an HTML fragment;
     JSON when ``Accept`` asks for it; a whole page when the upload page's form
-    (without JavaScript) posted it (``?reply=page``)."""
+    (without JavaScript) posted it (``?reply=page``: ``whole_page``)."""
     message = RECEIVED.format(request_id=upload.request_id, nickname=upload.nickname)
     if wants_json(handler.request):
         handler.write_json(dict(queued(upload.request_id), message=message), status=202)
         return
     handler.set_status(202)
-    if handler.get_query_argument("reply", "") == "page":
+    if whole_page:
         handler.render("received.html", message=message, upload=upload)
     else:
         handler.finish(RECEIVED.format(request_id=upload.request_id,
@@ -42,6 +56,15 @@ class NicknameImagesHandler(BaseHandler):
     ids come from the database, the bytes through the cache.  ``[]`` if none;
     400 for a nickname with control characters, which no upload can have."""
 
+    @operation(summary="Every image of a nickname, with its bytes", tags=["seed"], parameters=[{
+        "name": "nickname", "in": "path", "required": True, "description": "a nickname "
+        "(no control characters: no upload can have one)",
+        "schema": {"type": "string", "pattern": "^[^%s]+$" % CONTROLS}}], responses={
+        200: json_answer("newest first; [] for none", {"type": "array", "items": record(
+            id={"type": "integer"}, mime_type={"type": "string"},
+            image_data={"type": "string", "contentEncoding": "base64"})}),
+        400: error("the nickname is not UTF-8 or has control characters"),
+        503: unavailable()})
     async def get(self, nickname):
         if has_control_characters(nickname):
             # No stored nickname has one (clean_nickname), and PostgreSQL refuses
@@ -65,6 +88,8 @@ class NicknameImagesHandler(BaseHandler):
 class DbTypeHandler(BaseHandler):
     """``GET /dbtype``: ``{"db_type": "postgres" | "sqlite"}``."""
 
+    @operation(summary="Which database is in use", tags=["seed"], responses={
+        200: json_answer("its type", record(db_type={"enum": ["postgres", "sqlite"]}))})
     def get(self):
         self.write_json({"db_type": self.context.storage.db_type})
 
@@ -76,6 +101,14 @@ class SniffMimeHandler(BaseHandler):
     def check_xsrf_cookie(self):
         pass  # a program's question about its own bytes; nothing is changed
 
+    @operation(summary="The media type of a file, judged from its bytes", tags=["seed"],
+               requestBody={"required": True, "content": {"multipart/form-data": {"schema": {
+                   "type": "object", "required": ["image_data"],
+                   "properties": {"image_data": {"type": "string", "format": "binary"}}}}}},
+               responses={
+                   200: json_answer("application/octet-stream when not an image",
+                                    record(mime_type={"type": "string"})),
+                   400: error("no file in the field image_data")})
     def post(self):
         files = self.request.files.get("image_data")
         if not files:

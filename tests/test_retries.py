@@ -135,6 +135,8 @@ async def test_operator_routes_need_the_token(http_client, base_url, context):
         response = await http_client.fetch(base_url + "/api/failed", headers=headers,
                                            raise_error=False)
         assert response.code == code, headers
+        if code == 401:  # RFC 9110 11.6.1: a 401 names the scheme to use
+            assert response.headers["WWW-Authenticate"] == "Bearer", headers
     response = await http_client.fetch(base_url + "/api/failed/nope/requeue", method="POST",
                                        body=b"", headers=AUTH, raise_error=False)
     assert response.code == 404
