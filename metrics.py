@@ -23,11 +23,12 @@ DEPTHS_TIMEOUT = 2.0
 
 
 def upload_outcome(status):
-    """What an upload POST answered ``status`` counts as: accepted (2xx/3xx), refused
-    (503, 504: the service did not take it) or rejected (any other 4xx/5xx)."""
+    """What an upload POST answered ``status`` counts as: accepted (2xx/3xx), rejected
+    (4xx: the upload is wrong) or refused (5xx, in practice 503 and 504: the service
+    did not take it, and it can be sent again)."""
     if status < 400:
         return "accepted"
-    return "refused" if status in (503, 504) else "rejected"
+    return "rejected" if status < 500 else "refused"
 
 
 class Metrics:
@@ -70,12 +71,12 @@ class Metrics:
     async def refresh_queues(self, broker):
         """Set the queue gauges from the broker's own counts; when the broker cannot
         say (not connected, too slow) they are left out rather than stale."""
-        self.queue_messages.clear()
         try:
             depths = await asyncio.wait_for(broker.depths(), DEPTHS_TIMEOUT)
         except Exception as exc:  # a scrape answers whatever the broker's state
             log.warning("queue depths unavailable: %s: %s", type(exc).__name__, exc)
-            return
+            depths = {}
+        self.queue_messages.clear()
         for queue, count in depths.items():
             self.queue_messages.labels(queue).set(count)
 

@@ -5,7 +5,6 @@ rejected, stored, failed, retried and dead-lettered, as images are read through
 the cache and as events are notified; HTTP metrics go by route, never by path;
 queue gauges are the broker's own counts; a processor serves METRICS_PORT."""
 
-import asyncio
 import json
 
 import pytest
@@ -13,13 +12,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker import BrokerUnavailable, Topology
-from broker.memory import MemoryBroker
 from storage import StorageError
 from tests import conftest
 from tests.conftest import AMQP_URL, REDIS_URL, free_port
 from tests.helpers import eventually, make_image, post_upload, wait_for_upload
 from tests.receivers import SECRET, WebhookReceiver
 from tests.processes import RABBIT_READY, WEB_READY, fetch, process_env, upload, wait_stored
+from tests.test_broker import waiting_in
 from tests.test_consumers import make_upload, publish_upload
 
 FAMILIES = {"http_requests", "http_request_duration_seconds", "photo_app_uploads",
@@ -159,28 +158,13 @@ async def test_http_metrics_go_by_route_never_by_path(http_client, base_url, con
                  code="404") == 1
 
 
-def _rabbitmq_depth(queue):
-    """A queue's ready messages, asked by a client of the test's own."""
-    connection = conftest.amqp_connection()
-    try:
-        return connection.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        connection.close()
-
-
-async def broker_count(context, queue):
-    if isinstance(context.broker, MemoryBroker):
-        return context.broker.depth(queue)
-    return await asyncio.get_running_loop().run_in_executor(None, _rabbitmq_depth, queue)
-
-
 @pytest.mark.gen_test(timeout=60)
 @pytest.mark.parametrize("config_overrides", [{"roles": ("web",)}])  # no consumer takes them
 async def test_queue_gauges_are_the_brokers_counts(http_client, base_url, context):
     topology = context.broker.topology
     for _ in range(3):
         await publish_upload(context, make_upload())
-    assert await broker_count(context, topology.upload_queue) == 3
+    assert await waiting_in(context.broker, topology.upload_queue) == 3
 
     families, samples = await scrape(http_client, base_url)
     gauges = {sample.labels["queue"]: sample.value
@@ -188,7 +172,18 @@ async def test_queue_gauges_are_the_brokers_counts(http_client, base_url, contex
     assert set(gauges) == {spec.name for spec in topology.queues}
     assert gauges[topology.upload_queue] == 3
     for queue, count in gauges.items():
-        assert count == await broker_count(context, queue), queue
+        assert count == await waiting_in(context.broker, queue), queue
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_broker_that_cannot_count_leaves_the_gauges_out(http_client, base_url, context,
+                                                                monkeypatch):
+    async def away():
+        raise BrokerUnavailable("not connected (injected)")
+    monkeypatch.setattr(context.broker, "depths", away)
+    families, samples = await scrape(http_client, base_url)
+    assert FAMILIES <= set(families)
+    assert families["photo_app_queue_messages"].samples == []
 
 
 def scrape_port(port):
