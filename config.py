@@ -30,6 +30,9 @@ class Config:
     roles: tuple = ROLES
     port: int = 5000
     address: str = ""
+    # The port of /metrics in a process without the web role (which serves it on
+    # PORT); 0, the default, serves none.
+    metrics_port: int = 0
     # "sqlite:///path" or "postgresql://user:password@host:port/dbname"
     database_url: str = ""
     # "memory" (the in-process broker) or "amqp://user:password@host:port/vhost",
@@ -190,6 +193,7 @@ _DAY = 24 * 3600.0
 _MAX_INT = 2 ** 63 - 1
 BOUNDS = {
     "port": (0, 65535),                  # 0: any free port
+    "metrics_port": (0, 65535),          # 0: not served
     "prefetch": (1, 65535),              # AMQP's prefetch count is 16 bits; 0 would mean unlimited
     "confirm_timeout": (0.001, _DAY), "shutdown_timeout": (0.001, _DAY),
     "body_timeout": (0.001, _DAY), "cache_timeout": (0.001, _DAY),
@@ -322,6 +326,8 @@ def _flag(value):
 # (flag, environment variable, Config field, type, help)
 _SETTINGS = [
     ("--port", "PORT", "port", int, "HTTP port (web role)"),
+    ("--metrics-port", "METRICS_PORT", "metrics_port", int,
+     "port of /metrics for a process without the web role (default 0: none)"),
     ("--address", "ADDRESS", "address", str, "HTTP listen address (default: all)"),
     ("--database-url", None, "database_url", str,
      "sqlite:///path or postgresql://... (env DATABASE_URL, or DB_TYPE/SQLITE_DB_PATH/PG*)"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from broker import EVENT_KEYS, IMAGE_DELETED, open_broker
 from cache import forget_image, open_cache
 from handlers.events import EventHub
+from metrics import Metrics
 from storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,8 @@ class Context:
     cache: object
     broker: object
     image_executor: ThreadPoolExecutor
+    # This process's Prometheus metrics (metrics.py).
+    metrics: Metrics = field(default_factory=Metrics)
     # This process's WebSocket clients and the events it hears for them (web role).
     events: EventHub = field(default_factory=EventHub)
     # HTTP requests in progress, from their headers to their answer (drained at shutdown).
@@ -38,11 +41,12 @@ async def open_context(config):
     await storage.migrate()
     cache = open_cache(config)
     log.info("cache: %s", cache.describe())
-    broker = open_broker(config)
+    metrics = Metrics()
+    broker = open_broker(config, metrics)
     log.info("broker: %s", broker.describe())
     await broker.start()
     executor = ThreadPoolExecutor(config.image_workers, thread_name_prefix="image")
-    context = Context(config, storage, cache, broker, executor)
+    context = Context(config, storage, cache, broker, executor, metrics=metrics)
     if "web" in config.roles:
         broker.subscribe(broker.topology.events_exchange, EVENT_KEYS, context.events.on_message)
         context.events.listeners.append(lambda event: forget_deleted(context, event))

@@ -18,7 +18,8 @@ import tornado.httpserver
 from config import ConfigError, load_config
 from consumers.roles import ROLES
 from context import close_context, open_context
-from handlers import make_app
+from handlers import log_request, make_app
+from handlers.metrics import metrics_app
 from handlers.upload import MULTIPART_OVERHEAD
 from logs import setup_logging
 from storage import StorageError
@@ -42,6 +43,17 @@ def start_http(context):
         xheaders=config.trust_proxy_headers)
     server.listen(config.port, config.address)
     log.info("web: listening on http://%s:%d/", config.address or "localhost", config.port)
+    return server
+
+
+def start_metrics(context):
+    """/metrics on METRICS_PORT, for a process without the web role: a Tornado app on
+    this process's IOLoop (a scrape awaits the broker's queue depths there)."""
+    config = context.config
+    server = tornado.httpserver.HTTPServer(metrics_app(context, log_request))
+    server.listen(config.metrics_port, config.address)
+    log.info("metrics: listening on http://%s:%d/metrics", config.address or "localhost",
+             config.metrics_port)
     return server
 
 
@@ -70,10 +82,14 @@ async def serve(config):
     context = await open_context(config)
     consumers = start_consumers(context)
     server = start_http(context) if "web" in config.roles else None
+    metrics_server = (start_metrics(context) if server is None and config.metrics_port
+                      else None)
     log.info("roles: %s", ", ".join(config.roles))
 
     signum = await stop
     log.info("%s: shutting down", signal.Signals(signum).name)
+    if metrics_server is not None:
+        metrics_server.stop()
     await stop_roles(context, server, consumers)
     await close_context(context)
     log.info("stopped")

@@ -294,6 +294,20 @@ class Target:
     port: int = 0
     proc: Proc = None
     rounds: list = field(default_factory=list)
+    sqlite_path: str = None  # (b): its database, to wait for its backlog
+
+
+def baseline_twin(target, tree, tmp):
+    """``target`` run from the source tree ``tree`` (its own SQLite for (b); (c) shares
+    the database and queue names: runs are one at a time and the queue is purged)."""
+    tree = os.path.abspath(tree)
+    twin = Target(target.key + "0", "%s [%s]" % (target.name.split(",")[0],
+                                                 os.path.basename(tree)),
+                  [os.path.join(tree, target.args[0]), *target.args[1:]], dict(target.env))
+    if target.sqlite_path:
+        twin.sqlite_path = os.path.join(tmp, "baseline.db")
+        twin.env["DATABASE_URL"] = "sqlite:///" + twin.sqlite_path
+    return twin
 
 
 def start(target, tmp):
@@ -456,6 +470,9 @@ def parse_args(argv):
         help="an admin connection; (c) gets a new database next to it")
     parser.add_argument("--amqp-url", default=os.environ.get(
         "TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"))
+    parser.add_argument("--baseline-tree", default=None, metavar="DIR",
+                        help="also run (b) and (c) from the source tree DIR (say the commit "
+                        "before a change, checked out there), side by side with this one")
     parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--address", default="127.0.0.1", help=argparse.SUPPRESS)
@@ -519,7 +536,8 @@ def main(argv=None):
         if "b" in args.targets:
             targets.append(Target("b", "(b) app --role=all, in-process broker+SQLite",
                                   ["server.py", "--role=all"],
-                                  dict(base_env, DATABASE_URL="sqlite:///" + sqlite_path)))
+                                  dict(base_env, DATABASE_URL="sqlite:///" + sqlite_path),
+                                  sqlite_path=sqlite_path))
         if "c" in args.targets:
             import urllib.parse
             pg_database = "photo_bench_%s" % run_id
@@ -540,6 +558,9 @@ def main(argv=None):
             print("services:    (c) database %s, AMQP prefix %r (both removed at the end)"
                   % (pg_database, amqp_prefix))
 
+        if args.baseline_tree:
+            targets += [baseline_twin(target, args.baseline_tree, tmp)
+                        for target in targets if target.key in ("b", "c")]
         for target in targets:
             start(target, tmp)
         for target in targets:
@@ -558,12 +579,12 @@ def main(argv=None):
                 notes = []
                 if result.non_202:
                     notes.append("non-202: " + fmt_statuses(result.statuses))
-                if target.key == "b":
-                    drained = wait_drained(sqlite_path, args.drain_timeout)
+                if target.key.startswith("b"):
+                    drained = wait_drained(target.sqlite_path, args.drain_timeout)
                     notes.append("processor backlog drained %s after the last 202"
                                  % ("in %.1fs" % drained if drained is not None else
                                     "NOT within %.0fs" % args.drain_timeout))
-                if target.key == "c":
+                if target.key.startswith("c"):
                     depth = take_queue(args.amqp_url, amqp_prefix)
                     notes.append("queue held %d messages (%d answered 202 incl. warm-up), "
                                   "purged" % (depth, result.accepted + args.warmup))

@@ -11,9 +11,11 @@ taken responsibility for the message (a publisher confirm) or raise
 ``BrokerUnavailable``.
 """
 
+import time
 from dataclasses import dataclass, field
 
 from config import Config
+from metrics import Metrics
 
 # The routing keys of the contract (DESIGN.md).  Exchange and queue names get a
 # deployment prefix (AMQP_PREFIX); routing keys do not.
@@ -178,8 +180,11 @@ class Message:
 class Broker:
     """The broker contract."""
 
-    def __init__(self, topology):
+    def __init__(self, topology, metrics=None):
         self.topology = topology
+        # Where publishes record their confirm times (the context's; a broker of its own
+        # in tests that open one alone).
+        self.metrics = metrics or Metrics()
 
     @property
     def ready(self):
@@ -206,6 +211,15 @@ class Broker:
         """Stop delivering from ``queue``; messages already delivered may still settle."""
         raise NotImplementedError
 
+    async def depths(self):
+        """``{queue name: messages waiting}`` for every queue of the topology, as the
+        broker itself counts them (delivered, unsettled ones not included)."""
+        raise NotImplementedError
+
+    def _confirmed(self, started):
+        """Record a publish confirmed ``started`` (``time.monotonic()``) seconds ago."""
+        self.metrics.broker_confirm_seconds.observe(time.monotonic() - started)
+
     def subscribe(self, exchange, routing_keys, on_message):
         """Hear ``routing_keys`` of ``exchange`` for as long as this process runs, through
         a private queue of its own (exclusive, server-named and auto-delete on RabbitMQ),
@@ -221,12 +235,13 @@ class Broker:
         raise NotImplementedError
 
 
-def open_broker(config):
+def open_broker(config, metrics=None):
     topology = Topology(config.amqp_prefix, config.retry_delays, config.amqp_queue_type,
                         delivery_delays=config.webhook_retry_delays)
     if config.broker_type == "memory":
         from broker.memory import MemoryBroker
         return MemoryBroker(topology, config.embedded_broker_path,
-                            confirm_timeout=config.confirm_timeout)
+                            confirm_timeout=config.confirm_timeout, metrics=metrics)
     from broker.rabbitmq import RabbitMQBroker
-    return RabbitMQBroker(topology, config.amqp_urls, confirm_timeout=config.confirm_timeout)
+    return RabbitMQBroker(topology, config.amqp_urls, confirm_timeout=config.confirm_timeout,
+                          metrics=metrics)

@@ -85,8 +85,8 @@ class _Queue:
 class MemoryBroker(Broker):
     clock = staticmethod(time.time)  # the wall clock of due times (a test may move it)
 
-    def __init__(self, topology, path=":memory:", confirm_timeout=10.0):
-        super().__init__(topology)
+    def __init__(self, topology, path=":memory:", confirm_timeout=10.0, metrics=None):
+        super().__init__(topology, metrics)
         self.path = path
         self.confirm_timeout = confirm_timeout
         self._bindings = {}  # (exchange, routing key) -> [queue names]
@@ -114,6 +114,9 @@ class MemoryBroker(Broker):
     def depth(self, queue):
         """Messages waiting in ``queue`` (not counting delivered, unsettled ones)."""
         return len(self._queues[queue].ready)
+
+    async def depths(self):
+        return {name: self.depth(name) for name in self._queues}
 
     async def peek(self, queue):
         """The messages waiting in ``queue``, in order, left where they are."""
@@ -246,6 +249,7 @@ class MemoryBroker(Broker):
         queues = [(name, None if self._queues[name].spec.ttl is None
                    else now + self._queues[name].spec.ttl) for name in names]
         row = (routing_key, message_id, content_type, json.dumps(headers or {}), bytes(body))
+        started = time.monotonic()
         written = self._write(self._insert, queues, row)
 
         def enqueue(future):  # also after a timeout: the message is in the broker then
@@ -261,6 +265,7 @@ class MemoryBroker(Broker):
         except sqlite3.Error as exc:
             raise BrokerUnavailable("the in-process broker could not store the message: %s"
                                     % exc) from None
+        self._confirmed(started)
 
     def consume(self, queue, on_message, prefetch):
         self._queues[queue].consumers.append(_Consumer(on_message, max(prefetch, 1)))

@@ -20,6 +20,7 @@ sleeps on it.
 
 import asyncio
 import logging
+import time
 
 import pika
 from pika.adapters.tornado_connection import TornadoConnection
@@ -48,9 +49,9 @@ class _Callback:
 
 
 class RabbitMQBroker(Broker):
-    def __init__(self, topology, urls, confirm_timeout=10.0):
+    def __init__(self, topology, urls, confirm_timeout=10.0, metrics=None):
         """``urls``: one AMQP URL, or a list of the URLs of one cluster's nodes."""
-        super().__init__(topology)
+        super().__init__(topology, metrics)
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         self._node = 0                # index in urls of the node (to be) connected
         self.confirm_timeout = confirm_timeout
@@ -243,12 +244,43 @@ class RabbitMQBroker(Broker):
         future = asyncio.get_running_loop().create_future()
         self._next_tag += 1
         self._pending[self._next_tag] = (future, message_id)
+        started = time.monotonic()
         self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
         try:
             await asyncio.wait_for(asyncio.shield(future), self.confirm_timeout)
         except asyncio.TimeoutError:
             raise BrokerUnavailable("no confirm from rabbitmq within %.1f s"
                                     % self.confirm_timeout) from None
+        self._confirmed(started)
+
+    async def depths(self):
+        """Passive declares, on a channel of their own: a queue that is not there
+        closes that channel only, never the publishing one."""
+        if not self.ready:
+            raise BrokerUnavailable("not connected to rabbitmq")
+        opened = _Callback(self)
+        channel = self._connection.channel(on_open_callback=opened)
+        await opened.future
+        closed = _Callback(self)
+        channel.add_on_close_callback(lambda ch, reason: closed.future.done() or
+                                      closed.future.set_exception(BrokerUnavailable(
+                                          "queue depths: %s" % reason)))
+        try:
+            counts = {}
+            for spec in self.topology.queues:
+                done = _Callback(self)
+                channel.queue_declare(spec.name, passive=True, callback=done)
+                await asyncio.wait([done.future, closed.future],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not done.future.done():
+                    closed.future.result()  # raises why the channel closed
+                counts[spec.name] = done.future.result().method.message_count
+            return counts
+        finally:
+            if channel.is_open:
+                channel.close()
+            if not closed.future.done():
+                closed.future.cancel()
 
     def _on_return(self, channel, method, properties, body):
         log.warning("rabbitmq returned message %s: %s", properties.message_id, method.reply_text)

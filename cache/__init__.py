@@ -41,6 +41,11 @@ class Cache:
     async def get(self, key):
         """The CachedImage under ``key`` (``content_key`` or ``thumbnail_key``),
         or None on a miss or a cache fault."""
+        return (await self.lookup(key))[0]
+
+    async def lookup(self, key):
+        """``(entry or None, "hit" | "miss" | "error")``: ``get`` saying which (the
+        cache metrics, metrics.py)."""
         raise NotImplementedError
 
     async def set(self, key, entry):
@@ -63,8 +68,8 @@ class Cache:
 class NoCache(Cache):
     """The cache turned off: every read goes to the database."""
 
-    async def get(self, key):
-        return None
+    async def lookup(self, key):
+        return None, "miss"
 
     async def set(self, key, entry):
         pass

@@ -14,11 +14,12 @@ class MemoryCache(Cache):
     def describe(self):
         return "memory (in-process, up to %d MiB)" % (self.max_bytes // (1024 * 1024))
 
-    async def get(self, key):
+    async def lookup(self, key):
         entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-        return entry
+        if entry is None:
+            return None, "miss"
+        self._entries.move_to_end(key)
+        return entry, "hit"
 
     async def set(self, key, entry):
         if len(entry.data) > self.max_bytes:

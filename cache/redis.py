@@ -41,17 +41,17 @@ class RedisCache(Cache):
             log.info("redis answers again")
         self._healthy = True
 
-    async def get(self, key):
+    async def lookup(self, key):
         try:
             fields = await self._client.hgetall(self._key(key))
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
-            return None
+            return None, "error"
         self._ok()
         if not fields or b"data" not in fields:
-            return None
+            return None, "miss"
         return CachedImage(fields[b"data"], fields[b"mime_type"].decode(),
-                           fields[b"etag"].decode())
+                           fields[b"etag"].decode()), "hit"
 
     async def set(self, key, entry):
         try:

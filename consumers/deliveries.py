@@ -116,6 +116,7 @@ class DeliverySender(Consumer):
             raise
         await storage.settle_delivery(delivery["id"], DELIVERED, tries + 1)
         log.info("%s delivered (try %d)", what, tries + 1)
+        self.count(DELIVERED)
 
     async def _after_failure(self, delivery, tries, exc, what):
         storage = self.context.storage
@@ -124,6 +125,7 @@ class DeliverySender(Consumer):
             await storage.settle_delivery(delivery["id"], status, tries, str(exc))
             log.error("%s %s after %d tries: %s", what,
                       "stopped" if exc.final else "dead-lettered", tries, exc)
+            self.count(status)
             return
         delay = self.delays[tries - 1]
         # The retry is in the broker before the try is recorded: should this process
@@ -131,6 +133,10 @@ class DeliverySender(Consumer):
         await self.outbox.publish(delivery, tries, delay=delay)
         await storage.settle_delivery(delivery["id"], PENDING, tries, str(exc))
         log.warning("%s: try %d failed (%s); next in %gs", what, tries, exc, delay)
+        self.count("retried")
+
+    def count(self, outcome):
+        self.context.metrics.notifications.labels(self.ACTION, outcome).inc()
 
     async def stop(self, timeout):
         if self.enabled:

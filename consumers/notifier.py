@@ -66,6 +66,10 @@ class Notifier(Consumer):
                     continue
                 await action(event, key)
                 await storage.record_event(done_key)
+                # The log action is done here; webhook and e-mail are queued for their
+                # senders, which count how each delivery ends (consumers/deliveries.py).
+                self.context.metrics.notifications.labels(
+                    name, "delivered" if name == "log" else "queued").inc()
         finally:
             del self._running[key]
             finished.set_result(None)

@@ -57,6 +57,7 @@ class Processor(Consumer):
             failed = await storage.mark_failed(message.message_id, nickname, str(exc))
             if failed["status"] == FAILED:
                 await self.publish_event(IMAGE_FAILED, message.message_id, error=str(exc))
+            self.count("failed")
             return
 
         current = await storage.mark_processing(upload.request_id, upload.nickname)
@@ -71,12 +72,14 @@ class Processor(Consumer):
 
         await self.publish_event(IMAGE_PROCESSING, upload.request_id, upload=upload)
         try:
-            processed = await asyncio.get_running_loop().run_in_executor(
-                self.context.image_executor, process, upload.data, self.settings)
+            with self.context.metrics.processing_seconds.time():
+                processed = await asyncio.get_running_loop().run_in_executor(
+                    self.context.image_executor, process, upload.data, self.settings)
         except InvalidImage as exc:
             log.info("upload %s failed: %s", upload.request_id, exc)
             await storage.mark_failed(upload.request_id, upload.nickname, str(exc))
             await self.publish_event(IMAGE_FAILED, upload.request_id, upload=upload, error=str(exc))
+            self.count("failed")
             return
 
         image = await storage.store_image(upload.request_id, NewImage(
@@ -91,6 +94,10 @@ class Processor(Consumer):
                  image["id"], image["mime_type"], image["width"], image["height"], image["size"],
                  ", a duplicate" if image["duplicate"] else "")
         await self.publish_event(IMAGE_UPLOADED, upload.request_id, image=image)
+        self.count("duplicate" if image["duplicate"] else "stored")
+
+    def count(self, outcome):
+        self.context.metrics.processed.labels(outcome).inc()
 
     async def finished_before(self, upload, current):
         """A redelivered upload that already ended: publish its final event again
@@ -129,6 +136,7 @@ class Processor(Consumer):
                                                               ERROR_HEADER: reason}))
                 log.warning("upload %s: attempt %d of %d failed (%s); next try in %gs",
                             message.message_id, attempt, config.max_attempts, reason, delay)
+                self.count("retried")
         except BrokerUnavailable:
             await super().on_failure(message, exc)  # cannot move it: put it back instead
             return
@@ -142,6 +150,7 @@ class Processor(Consumer):
                                                           ERROR_HEADER: reason}))
         log.error("upload %s dead-lettered after %d attempts: %s",
                   message.message_id, attempts, reason)
+        self.count("dead_lettered")
 
 
 if __name__ == "__main__":

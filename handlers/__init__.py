@@ -18,6 +18,7 @@ from handlers.failed import FailedListHandler, RequeueDeliveryHandler, RequeueHa
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.html import StaticHandler
 from handlers.login import LoginHandler, LogoutHandler
+from handlers.metrics import MetricsHandler
 from handlers.images import (ImageContentHandler, ImageHandler, ImagesHandler,
                              ThumbnailHandler, UploadStatusHandler)
 from handlers.openapi import OpenApiHandler, openapi_document
@@ -46,6 +47,7 @@ def web_routes(context):
         (r"/api/openapi\.json", OpenApiHandler, deps),
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, deps),
+        (r"/metrics", MetricsHandler, deps),
         # pages (the upload page is "/" above)
         (r"/gallery", GalleryHandler, deps),
         (r"/photos/(?P<image_id>[0-9]{1,18})", PhotoHandler, deps),
@@ -61,7 +63,8 @@ def web_routes(context):
 
 def log_request(handler):
     """One access line per request: status, method, path, route (the handler), duration
-    and the request id (``X-Request-Id``; an upload's is its request id)."""
+    and the request id (``X-Request-Id``; an upload's is its request id); and the
+    same route, never the raw path, in the HTTP metrics."""
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
@@ -72,6 +75,9 @@ def log_request(handler):
                                        "route": route, "status": status,
                                        "duration_ms": duration_ms,
                                        "request_id": getattr(handler, "request_id", None)})
+    metrics = handler.settings["metrics"]
+    metrics.http_requests.labels(route, request.method, str(status)).inc()
+    metrics.http_request_duration.labels(route, request.method).observe(request.request_time())
 
 
 def cookie_secret(config):
@@ -98,6 +104,7 @@ def make_app(context):
         xsrf_cookies=True,
         cookie_secret=cookie_secret(context.config),
         log_function=log_request,
+        metrics=context.metrics,
         websocket_ping_interval=PING_INTERVAL,
         websocket_max_message_size=MAX_MESSAGE_SIZE,
     )

@@ -51,10 +51,12 @@ def not_found(image_id):
     return ApiError(404, "unknown image", "no image has id %s" % image_id)
 
 
-async def through_cache(cache, key, load):
+async def through_cache(context, key, load):
     """The CachedImage under ``key``: from the cache, or else from ``load()``
     (then cached); None when ``load`` finds nothing."""
-    entry = await cache.get(key)
+    cache = context.cache
+    entry, result = await cache.lookup(key)
+    context.metrics.cache_requests.labels(result).inc()
     if entry is None:
         entry = await load()
         if entry is not None:
@@ -69,7 +71,7 @@ async def cached_content(context, image_id):
         if found is not None:
             data, mime_type, sha256 = found
             return CachedImage(data, mime_type, '"%s"' % sha256)
-    return await through_cache(context.cache, content_key(image_id), load)
+    return await through_cache(context, content_key(image_id), load)
 
 
 async def cached_thumbnail(context, image_id, size):
@@ -79,7 +81,7 @@ async def cached_thumbnail(context, image_id, size):
         if found is not None:
             data, mime_type, _width, _height = found
             return CachedImage(data, mime_type, '"%s"' % hashlib.sha256(data).hexdigest())
-    return await through_cache(context.cache, thumbnail_key(image_id, size), load)
+    return await through_cache(context, thumbnail_key(image_id, size), load)
 
 
 def encode_cursor(image_id):

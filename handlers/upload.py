@@ -28,6 +28,7 @@ from tornado.httputil import HTTPFile, HTTPInputError, parse_multipart_form_data
 import imaging
 from broker import UPLOAD_ROUTING_KEY, BrokerUnavailable
 from handlers.base import ApiError
+from metrics import upload_outcome
 from storage import StorageError
 from uploads import InvalidUpload, Upload, clean_nickname
 
@@ -196,6 +197,8 @@ class UploadBody:
 
     def on_finish(self):
         self._release()
+        if self.request.method == "POST":  # every way an upload POST is answered ends here
+            self.context.metrics.uploads.labels(upload_outcome(self.get_status())).inc()
         super().on_finish()
 
     def on_connection_close(self):
