@@ -1,6 +1,6 @@
 """Dead letters, for operators: what gave up, and sending it back once fixed.
 
-Both routes need the operator (``Authorization: Bearer <API_TOKEN>``, or the
+The routes need the operator (``Authorization: Bearer <API_TOKEN>``, or the
 cookie of /login with the XSRF token); without a configured token they are
 closed (403), since they act on everyone's uploads.
 """
