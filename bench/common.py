@@ -18,3 +18,16 @@ def process_cpu_seconds(pid):
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def report(path, bench, measure, value, target):
+    """Append one figure to ``path`` (``--report``; nothing when None) for
+    ``bench/all.py``'s table: ``measure`` (what was divided by what), ``value`` (a
+    ratio, or a figure with its unit in ``measure``), ``target`` (e.g. ">= 0.5",
+    "<= 0.18", or "" for a figure with no target)."""
+    if path is None:
+        return
+    import json
+    with open(path, "a") as out:
+        out.write(json.dumps({"bench": bench, "measure": measure, "value": value,
+                              "target": target}) + "\n")
