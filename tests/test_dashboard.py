@@ -15,10 +15,10 @@ import uuid
 import pytest
 
 from storage import DEAD
-from tests.conftest import AMQP_URL, REDIS_URL, free_port
+from tests.conftest import AMQP_URL, REDIS_URL
 from tests.helpers import eventually, make_image, post_upload, wait_for_upload
-from tests.processes import (RABBIT_READY, WEB_READY, fetch, process_env, upload,
-                             wait_stored, wait_until)
+from tests.processes import (fetch, process_env, split_deployment, upload, wait_stored,
+                             wait_until)
 from tests.test_pages import Page, assert_no_inline_code, assert_safe_headers
 
 TOKEN = "dashboard-operator-token"
@@ -221,12 +221,7 @@ def test_every_web_process_shows_what_the_processor_did(postgres_url, amqp_prefi
     timed and heard by the other, which neither accepted nor processed it."""
     env = process_env(DATABASE_URL=postgres_url, AMQP_URL=AMQP_URL, AMQP_PREFIX=amqp_prefix,
                       REDIS_URL=REDIS_URL, CACHE_PREFIX=redis_prefix, API_TOKEN=TOKEN)
-    ports = [free_port(), free_port()]
-    for n, port in enumerate(ports):
-        spawn("web-%d" % n, ["server.py", "--role=web", "--port", str(port)], env,
-              ready=WEB_READY + RABBIT_READY)
-    spawn("processor", ["-m", "consumers.processor"], env, ready=RABBIT_READY)
-    spawn("notifier", ["-m", "consumers.notifier"], env, ready=RABBIT_READY)
+    ports = split_deployment(spawn, env)
     code, accepted = upload(ports[0], make_image(color=(70, 80, 90)), nickname="split")
     assert code == 202, accepted
     wait_stored(ports[0], accepted["request_id"])
