@@ -25,6 +25,7 @@ from metrics import queue_depths
 from storage import StorageError
 
 MINUTES = 60  # the chart's span, one bar per minute
+STORED_SAMPLE = 5000  # the latest stored uploads whose times give p50 and p95
 
 
 def percentile(ordered, fraction):
@@ -38,7 +39,7 @@ async def upload_figures(storage, now):
     """Per minute of the last hour (oldest first): uploads accepted, stored and
     failed, and the accepted-to-stored seconds of those stored in it."""
     first = (now - timedelta(minutes=MINUTES - 1)).replace(second=0, microsecond=0)
-    activity = await storage.upload_activity(first.isoformat())
+    activity = await storage.upload_activity(first.isoformat(), STORED_SAMPLE)
     minutes = []
     for index in range(MINUTES):
         moment = first + timedelta(minutes=index)
@@ -100,7 +101,7 @@ DASHBOARD = record(
     processing_seconds=dict(nullable(record(p50=NUMBER_OR_NULL, p95=NUMBER_OR_NULL,
                                             count=INTEGER)),
                             description="accepted to stored, over the uploads stored in the "
-                                        "last hour (at most 5000, the latest)"),
+                                        "last hour (the latest %d at most)" % STORED_SAMPLE),
     queues={"type": "array", "items": record(
         queue=STRING, holds=STRING,
         messages=dict(nullable(INTEGER), description="null when the broker cannot say"))},

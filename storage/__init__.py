@@ -77,7 +77,7 @@ class Storage:
     async def get_upload(self, request_id):
         raise NotImplementedError
 
-    async def upload_activity(self, since, sample=5000):
+    async def upload_activity(self, since, sample):
         """What uploads did since ``since`` (ISO 8601), for the dashboard, by UTC
         minute (``"2026-12-02T05:01"``): ``accepted`` (rows by ``created_at``, the
         time the web tier accepted the upload, refused ones left out), ``stored``

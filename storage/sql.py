@@ -263,7 +263,7 @@ class SQLStorage(Storage):
     # The SQL of a timestamp column's UTC minute, "YYYY-MM-DDTHH:MM" (a backend's own).
     minute_sql = None
 
-    async def upload_activity(self, since, sample=5000):
+    async def upload_activity(self, since, sample):
         minute = self.minute_sql
 
         def select(cursor):
