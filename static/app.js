@@ -822,6 +822,8 @@
     form.addEventListener("submit", function (event) {
       event.preventDefault();
       button.disabled = true;
+      // Events of this upload heard so far are of its earlier attempts, not this one.
+      var heard = requestId ? (live.byRequest[requestId] || []).length : 0;
       fetch(url, {method: "POST", credentials: "same-origin",
                   headers: {Accept: "application/json",
                             "Content-Type": "application/x-www-form-urlencoded"},
@@ -829,7 +831,7 @@
         .then(function (response) {
           return response.json().catch(function () { return {}; }).then(function (body) {
             if (response.status === 202) {
-              self.sentAgain(requestId, what, body.status || "queued");
+              self.sentAgain(requestId, what, body.status || "queued", heard);
               self.refresh();
             } else {
               button.disabled = false;
@@ -846,7 +848,7 @@
   };
 
   // "Sent again": what was requeued from this page, following the socket to the end.
-  Dashboard.prototype.sentAgain = function (requestId, what, status) {
+  Dashboard.prototype.sentAgain = function (requestId, what, status, heard) {
     var list = document.getElementById("requeued");
     var empty = list.querySelector(".empty");
     if (empty) { empty.remove(); }
@@ -861,7 +863,7 @@
     item.appendChild(el("span", "who", what));
     list.insertBefore(item, list.firstChild);
     var known = requestId ? live.byRequest[requestId] || [] : [];
-    for (var i = 0; i < known.length; i++) { this.follow(known[i]); }
+    for (var i = heard; i < known.length; i++) { this.follow(known[i]); }
   };
 
   Dashboard.prototype.follow = function (event) {
