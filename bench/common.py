@@ -13,11 +13,38 @@ if ROOT not in sys.path:
 def process_cpu_seconds(pid):
     """utime + stime of a process (all its threads), from /proc; 0 where unknown."""
     try:
-        with open("/proc/%d/stat" % pid) as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
+        fields = _stat_fields(pid)
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _stat_fields(pid):
+    with open("/proc/%d/stat" % pid) as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def process_tree_cpu_seconds(pid):
+    """CPU seconds of ``pid`` and every live descendant (utime + stime), plus what
+    their children that already ended used (cutime + cstime, counted by the kernel
+    once a child is waited for): the whole cost of a process that starts workers."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                parents.setdefault(int(_stat_fields(int(name))[1]), []).append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass  # ended meanwhile
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = _stat_fields(current)
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            continue
+        todo.extend(parents.get(current, ()))
+    return total
 
 
 def report(path, bench, measure, value, target):
