@@ -157,6 +157,65 @@ async def test_processes_migrating_one_database_at_once_all_succeed(empty_storag
     assert SCHEMA_TABLES <= await tables(empty_storage)
 
 
+# Every bytea column of the schema, and how each is stored (pg_attribute.attstorage:
+# "e" is EXTERNAL, out of line and never compressed; "x", the default, tries to compress).
+BYTEA_STORAGE_SQL = ("SELECT c.relname, a.attname, a.attstorage FROM pg_attribute a "
+                     "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON "
+                     "n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r' "
+                     "AND a.atttypid = 'bytea'::regtype AND a.attnum > 0 AND NOT a.attisdropped")
+BYTEA_COLUMNS = {("images", "data"), ("thumbnails", "data"), ("dead_letters", "data")}
+# Bytes PostgreSQL's default storage would compress (they repeat).
+COMPRESSIBLE = b"the same words again and again " * 1000
+
+
+async def bytea_storage(store):
+    return {(table, column): storage for table, column, storage in
+            await query(store, BYTEA_STORAGE_SQL)}
+
+
+async def assert_bytes_stored_uncompressed(store):
+    from imaging.process import Thumbnail
+    image = new_image(COMPRESSIBLE, nickname="external")
+    image.thumbnails = [Thumbnail(256, "image/jpeg", 256, 192, COMPRESSIBLE)]
+    stored = await store.store_image("r-external", image)
+    await store.record_dead_letter("r-dead", "alice", "x.png", "image/png", COMPRESSIBLE, 5,
+                                   "gave up")
+    assert await query(store, "SELECT pg_column_compression(data) FROM images WHERE id = %s "
+                       "UNION ALL SELECT pg_column_compression(data) FROM thumbnails "
+                       "WHERE image_id = %s UNION ALL SELECT pg_column_compression(data) "
+                       "FROM dead_letters", (stored["id"], stored["id"])) == [(None,)] * 3
+    assert (await store.get_image_content(stored["id"]))[0] == COMPRESSIBLE
+    assert (await store.get_thumbnail(stored["id"], 256))[0] == COMPRESSIBLE
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_every_bytea_column_is_stored_external_on_a_new_database(storage):
+    assert await bytea_storage(storage) == {column: "e" for column in BYTEA_COLUMNS}
+    await assert_bytes_stored_uncompressed(storage)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_database_of_the_schema_before_is_migrated_to_external_storage(
+        empty_storage, monkeypatch):
+    import storage.sql
+    external = next(n for n, script in enumerate(MIGRATIONS)
+                    if "SET STORAGE EXTERNAL" in str(script))
+    monkeypatch.setattr(storage.sql, "MIGRATIONS", MIGRATIONS[:external])
+    assert await empty_storage.migrate() == external
+    old = await empty_storage.store_image("r-old", new_image(COMPRESSIBLE, nickname="old"))
+    assert await bytea_storage(empty_storage) == {column: "x" for column in BYTEA_COLUMNS}
+    assert await query(empty_storage, "SELECT pg_column_compression(data) FROM images") \
+        == [("pglz",)]
+
+    monkeypatch.setattr(storage.sql, "MIGRATIONS", MIGRATIONS)
+    assert await empty_storage.migrate() == len(MIGRATIONS)
+    assert await bytea_storage(empty_storage) == {column: "e" for column in BYTEA_COLUMNS}
+    assert (await empty_storage.get_image_content(old["id"]))[0] == COMPRESSIBLE
+    await assert_bytes_stored_uncompressed(empty_storage)
+
+
 # -- uploads -------------------------------------------------------------------
 
 @pytest.mark.gen_test
