@@ -216,6 +216,13 @@ class SQLStorage(Storage):
         cursor.execute(self._sql(query), params)
         return cursor
 
+    def _insert(self, cursor, table, row):
+        """Insert ``row`` ({column: value}) into ``table``, or nothing when one of its
+        unique keys is taken (ON CONFLICT DO NOTHING)."""
+        self._execute(cursor, "INSERT INTO %s (%s) VALUES (%s) ON CONFLICT DO NOTHING"
+                      % (table, ", ".join(row), ", ".join(["%s"] * len(row))),
+                      tuple(row.values()))
+
     def _one(self, cursor, query, params, columns):
         row = self._execute(cursor, query, params).fetchone()
         return None if row is None else self._row(columns, row)
@@ -331,12 +338,10 @@ class SQLStorage(Storage):
                 return None
             # Either unique key may hold: the request id (a redelivery) or the
             # nickname and bytes (the same photo uploaded again).
-            self._execute(cursor, "INSERT INTO images (request_id, nickname, mime_type, size, "
-                          "width, height, sha256, created_at, taken_at, camera, data) VALUES "
-                          "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                          (request_id, image.nickname, image.mime_type, image.size,
-                           image.width, image.height, image.sha256, now, image.taken_at,
-                           image.camera, image.data))
+            self._insert(cursor, "images", dict(
+                request_id=request_id, nickname=image.nickname, mime_type=image.mime_type,
+                size=image.size, width=image.width, height=image.height, sha256=image.sha256,
+                created_at=now, taken_at=image.taken_at, camera=image.camera, data=image.data))
             stored = self._get_image_by_request(cursor, request_id)
             duplicate = stored is None
             if duplicate:
@@ -345,10 +350,9 @@ class SQLStorage(Storage):
                                    (image.nickname, image.sha256), IMAGE_COLUMNS)
             else:
                 for thumb in image.thumbnails:
-                    self._execute(cursor, "INSERT INTO thumbnails (image_id, size, mime_type, "
-                                  "width, height, data) VALUES (%s, %s, %s, %s, %s, %s) "
-                                  "ON CONFLICT DO NOTHING", (stored["id"], thumb.size,
-                                  thumb.mime_type, thumb.width, thumb.height, thumb.data))
+                    self._insert(cursor, "thumbnails", dict(
+                        image_id=stored["id"], size=thumb.size, mime_type=thumb.mime_type,
+                        width=thumb.width, height=thumb.height, data=thumb.data))
             self._ensure_upload(cursor, request_id, image.nickname, now)
             self._execute(cursor, "UPDATE uploads SET status = %s, image_id = %s, duplicate = %s, "
                           "error = NULL, updated_at = %s WHERE request_id = %s",
