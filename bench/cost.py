@@ -105,6 +105,12 @@ class PostgresProcesses:
                             "'client backend' AND pid <> %s")
         return process_cpu_seconds(self.postmaster) + sum(map(process_cpu_seconds, pids))
 
+    def wal_bytes(self):
+        """Where the cluster's WAL stands, in bytes (every client's writes move it)."""
+        with self.conn.cursor() as cursor:
+            cursor.execute("SELECT pg_current_wal_lsn() - '0/0'")
+            return int(cursor.fetchone()[0])
+
     def statuses(self):
         with self.conn.cursor() as cursor:
             cursor.execute("SELECT status, count(*) FROM uploads GROUP BY status")
@@ -121,6 +127,7 @@ class Run:
     wall: float
     seconds: dict  # component -> CPU seconds over the drain
     intake: float  # RabbitMQ's CPU seconds taking the uploads in (before the drain)
+    wal: int       # bytes of WAL the cluster wrote during the drain
 
     def per_image(self, component):
         return self.seconds[component] / self.images
@@ -248,6 +255,7 @@ def drain(tree, uploads, prefix_base, tmp, profile=None):
             publish(prefix, uploads)
             intake = process_cpu_seconds(rabbit) - intake
             pg.sample()
+            wal = pg.wal_bytes()
             start = {"processor": process_tree_cpu_seconds(proc.pid),
                      "pg_backends": dict(pg.backends), "pg_background": pg.background(),
                      "rabbitmq": process_cpu_seconds(rabbit)}
@@ -270,6 +278,7 @@ def drain(tree, uploads, prefix_base, tmp, profile=None):
                    "pg_background": pg.background() - start["pg_background"],
                    "rabbitmq": process_cpu_seconds(rabbit) - start["rabbitmq"]}
         wall = time.monotonic() - started
+        wal = pg.wal_bytes() - wal
         if profilers:
             profilers.stop()
             profilers.print_py_spy()
@@ -278,7 +287,7 @@ def drain(tree, uploads, prefix_base, tmp, profile=None):
                 "AND pid <> %s"))
         if statuses.get("failed"):
             raise RuntimeError("%d upload(s) failed: %s" % (statuses["failed"], proc.log()[-3000:]))
-        return Run(tree, statuses["stored"], wall, seconds, intake)
+        return Run(tree, statuses["stored"], wall, seconds, intake, wal)
     finally:
         if profilers:
             profilers.stop()
@@ -300,16 +309,16 @@ def the_uploads(count, seed, cache_root):
 
 
 def print_runs(runs, trees):
-    header = "%-22s %7s %6s %10s %10s %10s %10s %10s %12s" % (
+    header = "%-22s %7s %6s %10s %10s %10s %10s %10s %12s %8s" % (
         "tree", "images", "wall s", "processor", "PG backend", "PG backgr.", "RabbitMQ",
-        "total", "(RMQ intake)")
+        "total", "(RMQ intake)", "WAL MB")
     print(header)
     print("-" * len(header))
     for run in runs:
-        print("%-22s %7d %6.1f %s %10.3f %12.3f" % (
+        print("%-22s %7d %6.1f %s %10.3f %12.3f %8.2f" % (
             trees[run.tree], run.images, run.wall,
             " ".join("%10.3f" % run.per_image(key) for key, _ in COMPONENTS), run.total,
-            run.intake / run.images), flush=True)
+            run.intake / run.images, run.wal / run.images / 1e6), flush=True)
     print("-" * len(header))
 
 
@@ -378,7 +387,8 @@ def main(argv=None):
               "processor,\nRabbitMQ + PostgreSQL; %d cores, load average %.2f %.2f %.2f"
               % (len(uploads), statistics.mean(len(u.data) for u in uploads) / 1e6,
                  os.cpu_count(), *os.getloadavg()))
-        print("CPU seconds per stored image, over the drain:\n")
+        print("CPU seconds per stored image, over the drain (WAL MB: what the cluster wrote "
+              "per image meanwhile):\n")
         runs = []
         prefix = "photo_bench_cost_%s" % uuid.uuid4().hex[:6]
         order = list(trees)
