@@ -5,6 +5,7 @@ connection's behaviour when the server goes away or is not there at all."""
 import asyncio
 import contextlib
 import functools
+import os
 import re
 import shutil
 import subprocess
@@ -143,6 +144,26 @@ async def test_published_message_arrives_with_its_properties_and_ack_removes_it(
         await broker.cancel(topology.upload_queue)
     # Closed: on RabbitMQ an unacked message would be back in the queue by now.
     assert await waiting_in(broker, topology.upload_queue) == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_messages_of_megabytes_arrive_whole_and_in_order(make_broker):
+    """A 12-MP photo is megabytes: many AMQP frames, each over several socket reads, and
+    one read may end one message and start the next."""
+    broker = make_broker()
+    topology = broker.topology
+    bodies = [os.urandom(3 * 1024 * 1024 + n * 4099) for n in range(3)]
+    received = []
+    async with running(broker):
+        broker.consume(topology.upload_queue, received.append, prefetch=4)
+        for n, body in enumerate(bodies):
+            await publish_upload(broker, body, "big-%d" % n, mandatory=True)
+        await eventually(lambda: len(received) == len(bodies))
+        assert [m.message_id for m in received] == ["big-0", "big-1", "big-2"]
+        assert [m.body == body for m, body in zip(received, bodies)] == [True] * 3
+        for message in received:
+            message.ack()
+        await broker.cancel(topology.upload_queue)
 
 
 @pytest.mark.gen_test(timeout=30)
