@@ -10,7 +10,7 @@ import hashlib
 import sys
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -345,6 +345,26 @@ async def test_image_bytes_come_back_identical(storage):
     assert type(data) is bytes
     assert data == ALL_BYTES
     assert (mime_type, sha256) == ("image/webp", hashlib.sha256(ALL_BYTES).hexdigest())
+
+
+@pytest.mark.gen_test
+async def test_every_field_of_a_stored_image_comes_back_as_it_went_in(storage):
+    """Text beyond ASCII, missing EXIF fields and the creation time survive the way
+    the backend sends rows (PostgreSQL: binary COPY)."""
+    from imaging.process import Thumbnail
+    image = new_image(b"\x00photo\xff", nickname="Zo\u00eb \U0001f338")
+    image.camera, image.taken_at = "K\u00f6nica \u201cMinolta\u201d", None
+    image.thumbnails = [Thumbnail(256, "image/webp", 256, 1, b"")]
+    before = datetime.now(timezone.utc)
+    stored = await storage.store_image("r-\u00e9", image)
+    after = datetime.now(timezone.utc)
+    assert before <= parse_time(stored["created_at"]) <= after
+    assert await storage.get_image(stored["id"]) == {
+        **{k: v for k, v in stored.items() if k != "duplicate"}, "request_id": "r-\u00e9",
+        "nickname": "Zo\u00eb \U0001f338", "camera": "K\u00f6nica \u201cMinolta\u201d",
+        "taken_at": None, "size": 7, "width": 64, "height": 48}
+    assert await storage.get_thumbnail(stored["id"], 256) == (b"", "image/webp", 256, 1)
+    assert (await storage.get_image_content(stored["id"]))[0] == b"\x00photo\xff"
 
 
 @pytest.mark.gen_test
