@@ -120,6 +120,11 @@ class PostgresProcesses:
         self.conn.close()
 
 
+class Disturbed(Exception):
+    """A server this bench measures restarted under it (another user of the machine):
+    the run is void and made again."""
+
+
 @dataclass
 class Run:
     tree: str
@@ -277,6 +282,8 @@ def drain(tree, uploads, prefix_base, tmp, profile=None):
                                       for pid, v in pg.backends.items()),
                    "pg_background": pg.background() - start["pg_background"],
                    "rabbitmq": process_cpu_seconds(rabbit) - start["rabbitmq"]}
+        if beam_pid() != rabbit:
+            raise Disturbed("RabbitMQ restarted during the drain")
         wall = time.monotonic() - started
         wal = pg.wal_bytes() - wal
         if profilers:
@@ -298,6 +305,17 @@ def drain(tree, uploads, prefix_base, tmp, profile=None):
         admin.cursor().execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
         admin.close()
         delete_amqp_objects(AMQP_URL, prefix)
+
+
+def drain_once(*args, tries=3):
+    """``drain``, made again (up to ``tries`` times) when a server restarted under it."""
+    for attempt in range(1, tries + 1):
+        try:
+            return drain(*args)
+        except Disturbed as exc:
+            print("(%s; running it again)" % exc, flush=True)
+            if attempt == tries:
+                raise
 
 
 def the_uploads(count, seed, cache_root):
@@ -395,11 +413,11 @@ def main(argv=None):
         for number in range(args.rounds):
             for tree in (order if number % 2 == 0 else order[::-1]):
                 profile = args.profile if not runs else None
-                run = drain(tree, uploads, prefix, tmp, profile)
+                run = drain_once(tree, uploads, prefix, tmp, profile)
                 if profile:  # disturbed by the profilers: shown, not counted
                     print_runs([run], trees)
                     print("(that run was profiled; it is not counted)\n")
-                    run = drain(tree, uploads, prefix, tmp)
+                    run = drain_once(tree, uploads, prefix, tmp)
                 runs.append(run)
         print_runs(runs, trees)
         ours = [run for run in runs if run.tree == ROOT]
