@@ -44,6 +44,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import pika
 from common import ROOT, process_cpu_seconds, process_tree_cpu_seconds, report
 from processing import load_set
 from tests.processes import Proc, process_env
@@ -55,10 +56,9 @@ from uploads import Upload
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TARGET = 0.18
-COMPONENTS = [("processor", "processor (its process tree)"),
-              ("pg_backends", "PostgreSQL backends (the processor's)"),
-              ("pg_background", "PostgreSQL background processes"),
-              ("rabbitmq", "RabbitMQ (beam.smp)")]
+# What is measured (module docstring): the processor's process tree, the run database's
+# PostgreSQL backends, the cluster's background processes, RabbitMQ's beam.smp.
+COMPONENTS = ("processor", "pg_backends", "pg_background", "rabbitmq")
 
 
 def beam_pid():
@@ -98,12 +98,16 @@ class PostgresProcesses:
             if seconds:
                 self.backends[pid] = max(seconds, self.backends.get(pid, 0.0))
 
+    def background_pids(self):
+        """The postmaster and every process it runs that is not a client's backend."""
+        return [self.postmaster] + self._select(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type <> 'client backend' "
+            "AND pid <> %s")
+
     def background(self):
-        """The postmaster's own time (not its ended children: every client's backends)
-        and that of every process it runs that is not a client's backend."""
-        pids = self._select("SELECT pid FROM pg_stat_activity WHERE backend_type <> "
-                            "'client backend' AND pid <> %s")
-        return process_cpu_seconds(self.postmaster) + sum(map(process_cpu_seconds, pids))
+        """CPU seconds of ``background_pids`` (the postmaster's own: not its ended
+        children, which are every client's backends)."""
+        return sum(map(process_cpu_seconds, self.background_pids()))
 
     def wal_bytes(self):
         """Where the cluster's WAL stands, in bytes (every client's writes move it)."""
@@ -146,7 +150,6 @@ def publish(prefix, uploads):
     connection, channel = amqp_channel(AMQP_URL)
     try:
         channel.confirm_delivery()
-        import pika
         exchange = amqp_topology(prefix).upload_exchange
         for upload in uploads:
             args = upload.publish_args()
@@ -289,9 +292,7 @@ def drain(tree, uploads, prefix_base, tmp, profile=None):
         if profilers:
             profilers.stop()
             profilers.print_py_spy()
-            profilers.print_perf(list(pg.backends) + [pg.postmaster] + pg._select(
-                "SELECT pid FROM pg_stat_activity WHERE backend_type <> 'client backend' "
-                "AND pid <> %s"))
+            profilers.print_perf(list(pg.backends) + pg.background_pids())
         if statuses.get("failed"):
             raise RuntimeError("%d upload(s) failed: %s" % (statuses["failed"], proc.log()[-3000:]))
         return Run(tree, statuses["stored"], wall, seconds, intake, wal)
@@ -335,7 +336,7 @@ def print_runs(runs, trees):
     for run in runs:
         print("%-22s %7d %6.1f %s %10.3f %12.3f %8.2f" % (
             trees[run.tree], run.images, run.wall,
-            " ".join("%10.3f" % run.per_image(key) for key, _ in COMPONENTS), run.total,
+            " ".join("%10.3f" % run.per_image(key) for key in COMPONENTS), run.total,
             run.intake / run.images, run.wal / run.images / 1e6), flush=True)
     print("-" * len(header))
 
@@ -349,7 +350,7 @@ def median_of(runs, key):
 
 
 def capacity(runs):
-    cost = {key: median_of(runs, key) for key, _ in COMPONENTS}
+    cost = {key: median_of(runs, key) for key in COMPONENTS}
     postgres = cost["pg_backends"] + cost["pg_background"]
     rows = [("processor", cost["processor"]), ("PostgreSQL (backends + background)", postgres),
             ("RabbitMQ (intake + delivery)", cost["rabbitmq"] + median_of(runs, "intake"))]
@@ -423,14 +424,14 @@ def main(argv=None):
         ours = [run for run in runs if run.tree == ROOT]
         print()
         print("median per image, this tree: %s; total %.3f (target <= %.2f%s)"
-              % (", ".join("%s %.3f" % (key, median_of(ours, key)) for key, _ in COMPONENTS),
+              % (", ".join("%s %.3f" % (key, median_of(ours, key)) for key in COMPONENTS),
                  median_of(ours, "total"), TARGET,
                  "" if median_of(ours, "total") <= TARGET else ", not met"))
         if args.baseline_tree:
             base = [run for run in runs if run.tree != ROOT]
             print("median per image, %s: %s; total %.3f; this tree / it: %.2f"
                   % (trees[base[0].tree], ", ".join("%s %.3f" % (key, median_of(base, key))
-                                                     for key, _ in COMPONENTS),
+                                                     for key in COMPONENTS),
                      median_of(base, "total"), median_of(ours, "total") / median_of(base, "total")))
         postgres_feeds, rabbit_feeds = capacity(ours)
         report(args.report, "cost", "CPU-s per stored 12-MP image, all processes",
