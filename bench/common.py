@@ -1,6 +1,7 @@
 """What the benchmarks share beyond the test suite's process, HTTP and multipart
 plumbing (tests/processes.py, tests/helpers.py, which they use): the import
-path (importing this module puts the repository on it), and a process's CPU time."""
+path (importing this module puts the repository on it), a process's (or a process
+tree's) CPU time, and the figures for bench/all.py's table."""
 
 import os
 import sys
