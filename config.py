@@ -17,6 +17,7 @@ from imaging import SUPPORTED_TYPES
 from logs import FORMATS as LOG_FORMATS
 
 ROLES = ("web", "processor", "notifier")
+IMAGE_POOLS = ("process", "thread")
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 1024 * 1024
 
@@ -63,6 +64,9 @@ class Config:
     cache_timeout: float = 0.5
     db_pool_size: int = 8
     image_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Where image work runs: "process" (worker processes, so Pillow never holds
+    # this process's interpreter lock) or "thread" (threads of this process).
+    image_pool: str = "process"
     max_image_pixels: int = 50_000_000
     max_image_side: int = 30_000
     accepted_types: tuple = SUPPORTED_TYPES
@@ -167,6 +171,9 @@ class Config:
         if unknown or not self.accepted_types:
             raise ConfigError("ACCEPTED_TYPES takes a comma list of %s; got %s"
                               % (", ".join(SUPPORTED_TYPES), ",".join(self.accepted_types)))
+        if self.image_pool not in IMAGE_POOLS:
+            raise ConfigError("IMAGE_POOL must be %s; got %r"
+                              % (" or ".join(IMAGE_POOLS), self.image_pool))
         if self.thumbnail_format not in ("jpeg", "webp"):
             raise ConfigError("THUMBNAIL_FORMAT must be jpeg or webp; got %r"
                               % self.thumbnail_format)
@@ -359,7 +366,10 @@ _SETTINGS = [
     ("--cache-timeout", "CACHE_TIMEOUT", "cache_timeout", float,
      "seconds before a Redis call is given up"),
     ("--db-pool-size", "DB_POOL_SIZE", "db_pool_size", int, "database connections"),
-    ("--image-workers", "IMAGE_WORKERS", "image_workers", int, "threads for image work"),
+    ("--image-workers", "IMAGE_WORKERS", "image_workers", int,
+     "processes (or threads) for image work"),
+    ("--image-pool", "IMAGE_POOL", "image_pool", str,
+     "where image work runs: process (worker processes) or thread"),
     ("--max-image-pixels", "MAX_IMAGE_PIXELS", "max_image_pixels", int,
      "largest accepted width x height"),
     ("--max-image-side", "MAX_IMAGE_SIDE", "max_image_side", int,

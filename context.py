@@ -6,12 +6,12 @@ broker from the configuration, and says on the log which is in use and where.
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from broker import EVENT_KEYS, IMAGE_DELETED, open_broker
 from cache import forget_image, open_cache
 from handlers.events import EventHub
+from imaging.workers import ImageWorkers
 from metrics import Metrics
 from storage import open_storage
 
@@ -24,7 +24,8 @@ class Context:
     storage: object
     cache: object
     broker: object
-    image_executor: ThreadPoolExecutor
+    # Where the processor's Pillow work runs (IMAGE_POOL, IMAGE_WORKERS).
+    image_workers: ImageWorkers
     # This process's Prometheus metrics (metrics.py).
     metrics: Metrics = field(default_factory=Metrics)
     # This process's WebSocket clients and the events it hears for them (web role).
@@ -45,8 +46,8 @@ async def open_context(config):
     broker = open_broker(config, metrics)
     log.info("broker: %s", broker.describe())
     await broker.start()
-    executor = ThreadPoolExecutor(config.image_workers, thread_name_prefix="image")
-    context = Context(config, storage, cache, broker, executor, metrics=metrics)
+    workers = ImageWorkers(config.image_workers, config.image_pool)
+    context = Context(config, storage, cache, broker, workers, metrics=metrics)
     if "web" in config.roles:
         broker.subscribe(broker.topology.events_exchange, EVENT_KEYS, context.events.on_message)
         context.events.listeners.append(lambda event: forget_deleted(context, event))
@@ -64,4 +65,4 @@ async def close_context(context):
     await context.broker.close()
     await context.cache.close()
     await context.storage.close()
-    context.image_executor.shutdown(wait=True)
+    context.image_workers.close()

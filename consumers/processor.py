@@ -1,9 +1,9 @@
 """The processor: upload messages in, validated images in the database, events out.
 
 For each upload: mark it ``processing`` and announce it (``image.processing``, for
-live pages); validate it, orient it, read its EXIF
-and make its thumbnails in the image executor (Pillow, off the IOLoop); store
-it with its thumbnails and mark it ``stored`` in one transaction; publish
+live pages); validate it, orient it, read its EXIF and make its thumbnails in
+an image worker (Pillow, off the IOLoop and out of its interpreter lock:
+``imaging.workers``); store it with its thumbnails and mark it ``stored`` in one transaction; publish
 ``image.uploaded`` and wait for the broker's confirm; only then is the message
 acked.  A redelivered upload finds its request id already stored and only
 publishes the event again; the same bytes under the same nickname end
@@ -21,7 +21,6 @@ without ever finishing (it crashes the processor, say) is dead-lettered
 without another try.
 """
 
-import asyncio
 import logging
 
 from broker import (DEAD_ROUTING_KEY, IMAGE_FAILED, IMAGE_PROCESSING, IMAGE_UPLOADED,
@@ -73,8 +72,8 @@ class Processor(Consumer):
         await self.publish_event(IMAGE_PROCESSING, upload.request_id, upload=upload)
         try:
             with self.context.metrics.processing_seconds.time():
-                processed = await asyncio.get_running_loop().run_in_executor(
-                    self.context.image_executor, process, upload.data, self.settings)
+                processed = await self.context.image_workers.run(process, upload.data,
+                                                                 self.settings)
         except InvalidImage as exc:
             log.info("upload %s failed: %s", upload.request_id, exc)
             await storage.mark_failed(upload.request_id, upload.nickname, str(exc))

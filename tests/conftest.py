@@ -165,6 +165,11 @@ def config_overrides():
 
 @pytest.fixture
 def config(request, tmp_path, stack, config_overrides):
+    """The app's image work runs in worker processes, as by default; a test marked
+    ``image_threads`` runs it in threads of its own process (IMAGE_POOL=thread), where
+    it can replace ``consumers.processor.process`` with a closure."""
+    if request.node.get_closest_marker("image_threads"):
+        config_overrides = dict(config_overrides, image_pool="thread")
     return make_config(request, tmp_path, *STACKS[stack], **config_overrides)
 
 

@@ -7,7 +7,9 @@ processor's image work, unless said otherwise).  Each call first writes a line t
 ``GATE_DIR/entered``, then waits until ``GATE_DIR/open`` holds a number at least as
 large as its own turn (1, 2, 3 ... in the order the calls arrive).  So a test decides
 exactly how many uploads get processed, and can see the next one waiting, whatever
-the speed of the machine: work "in flight" is held there, not hoped for.
+the speed of the machine: work "in flight" is held there, not hoped for.  The image
+work's gate travels with the call into the image worker process (``Held`` pickles;
+the turns are counted in the file, under a lock), so it holds the work where it runs.
 
 The test side is ``Gate``: ``Gate(directory, point)``, ``gate.command(*args)`` for
 the ``spawn`` fixture (``also=`` more gates in the same process), ``gate.allow(n)`` /
@@ -15,11 +17,10 @@ the ``spawn`` fixture (``also=`` more gates in the same process), ``gate.allow(n
 """
 
 import asyncio
+import fcntl
 import importlib
-import itertools
 import os
 import sys
-import threading
 import time
 
 OPEN_ALL = 10 ** 9
@@ -28,7 +29,7 @@ POLL = 0.01
 # Where a gate can hold calls: (module, function or Class.method, which calls it
 # holds: a test of the call's arguments, None for every call).
 POINTS = {
-    # The processor's image work, in its image thread.
+    # The processor's image work, in its image worker (a process, or a thread).
     "images": ("consumers.processor", "process", None),
     # An upload whose body was read, before anything of it is recorded or published.
     "uploads": ("storage.sql", "SQLStorage.create_upload", None),
@@ -82,6 +83,32 @@ def _allowed(directory):
         return 0
 
 
+def take_turn(directory):
+    """Append this call's turn to ``entered`` and return it (1, 2, 3 ...), in any
+    process: the file is the count, locked while it is read and written."""
+    with open(os.path.join(directory, "entered"), "a+") as entered:
+        fcntl.flock(entered, fcntl.LOCK_EX)
+        entered.seek(0)
+        turn = sum(1 for _ in entered) + 1
+        entered.write("%d\n" % turn)
+    return turn
+
+
+class Held:
+    """``real`` held at the gate in ``directory``; picklable (with ``holds`` None or
+    a module-level function), so it runs in an image worker process too."""
+
+    def __init__(self, real, directory, holds):
+        self.real, self.directory, self.holds = real, directory, holds
+
+    def __call__(self, *args, **kwargs):
+        if self.holds is None or self.holds(*args, **kwargs):
+            turn = take_turn(self.directory)
+            while _allowed(self.directory) < turn:
+                time.sleep(POLL)
+        return self.real(*args, **kwargs)
+
+
 def install(point, directory):
     """Wrap the function at ``point`` so that each call waits for its turn."""
     module, path, holds = POINTS[point]
@@ -90,34 +117,22 @@ def install(point, directory):
     for attribute in owner_path:
         owner = getattr(owner, attribute)
     real = getattr(owner, name)
-    turns, lock = itertools.count(1), threading.Lock()
-
-    def take_turn():
-        with lock:
-            turn = next(turns)
-            with open(os.path.join(directory, "entered"), "a") as entered:
-                entered.write("%d\n" % turn)
-        return turn
-
-    def gated(*args, **kwargs):
-        if holds is None or holds(*args, **kwargs):
-            turn = take_turn()
-            while _allowed(directory) < turn:
-                time.sleep(POLL)
-        return real(*args, **kwargs)
 
     async def gated_coroutine(*args, **kwargs):
         if holds is None or holds(*args, **kwargs):
-            turn = take_turn()
+            turn = take_turn(directory)
             while _allowed(directory) < turn:
                 await asyncio.sleep(POLL)
         return await real(*args, **kwargs)
-    setattr(owner, name, gated_coroutine if asyncio.iscoroutinefunction(real) else gated)
+    setattr(owner, name, gated_coroutine if asyncio.iscoroutinefunction(real)
+            else Held(real, directory, holds))
 
 
 if __name__ == "__main__":
+    # This module by its own name: a ``Held`` is pickled as ``tests.gated.Held``.
+    import tests.gated as gated
     args = sys.argv[1:]
-    while args and args[0].split("=", 1)[0] in POINTS:
-        install(*args.pop(0).split("=", 1))
+    while args and args[0].split("=", 1)[0] in gated.POINTS:
+        gated.install(*args.pop(0).split("=", 1))
     import server
     server.main(args)

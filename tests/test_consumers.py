@@ -143,6 +143,7 @@ async def test_valid_upload_is_stored_and_announced(context, caplog):
 
 # -- uploads that can never be stored ------------------------------------------------
 
+@pytest.mark.image_threads
 @pytest.mark.gen_test(timeout=40)
 @pytest.mark.parametrize("kind", ["text", "truncated png"])
 async def test_body_that_is_not_an_image_fails_once_and_is_acked(context, caplog,
@@ -345,6 +346,7 @@ async def test_foreign_amqp_client_feeds_the_processor_and_hears_the_event(conte
 
 # -- how the processor runs ------------------------------------------------------------
 
+@pytest.mark.image_threads
 @pytest.mark.gen_test(timeout=30)
 async def test_image_work_runs_in_the_image_executor(context, monkeypatch):
     calls = count_process_calls(monkeypatch)
@@ -374,6 +376,7 @@ def gated_process(monkeypatch):
 NO_CONSUMERS = {"roles": ("web",)}  # the test starts its own processor
 
 
+@pytest.mark.image_threads
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("config_overrides", [NO_CONSUMERS])
 async def test_stop_waits_for_the_message_in_flight(context, monkeypatch):
@@ -394,6 +397,7 @@ async def test_stop_waits_for_the_message_in_flight(context, monkeypatch):
     await settled(context, context.broker.topology.upload_queue)  # and acked
 
 
+@pytest.mark.image_threads
 @pytest.mark.gen_test(timeout=30)
 @pytest.mark.parametrize("config_overrides", [NO_CONSUMERS])
 async def test_stop_requeues_what_does_not_finish_in_time(context, monkeypatch):

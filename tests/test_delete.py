@@ -98,6 +98,7 @@ async def test_a_deleted_image_is_gone_from_every_read_and_every_cache(http_clie
     assert (await get(http_client, base_url + "/api/images/%d" % kept["image_id"])).code == 200
 
 
+@pytest.mark.image_threads
 @pytest.mark.gen_test(timeout=60)
 async def test_a_redelivered_upload_never_brings_a_deleted_image_back(http_client, base_url,
                                                                      context, monkeypatch):

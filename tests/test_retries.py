@@ -105,6 +105,7 @@ async def test_a_dead_letter_waits_while_the_database_is_down(http_client, base_
     assert len(recorder_storage.calls) == 2
 
 
+@pytest.mark.image_threads
 @pytest.mark.gen_test(timeout=40)
 async def test_an_upload_redelivered_too_often_is_dead_lettered_untried(http_client, base_url,
                                                                        context, monkeypatch):

@@ -1,0 +1,125 @@
+"""Image work off the IOLoop: worker processes (or threads) for ``imaging.process``.
+
+``await workers.run(function, data, *args)`` runs ``function(data, *args)`` (the
+processor passes ``imaging.process.process``) in one of ``IMAGE_WORKERS`` workers
+and returns its ``ProcessedImage``.
+
+``IMAGE_POOL=process`` (the default): worker processes, a
+``concurrent.futures.ProcessPoolExecutor``, so the image work never holds this
+process's interpreter lock, which the IOLoop needs to answer requests.  They are
+forked by a fork server (``forkserver``: this process runs threads, and forking it
+would be unsafe) that imported ``imaging.process`` once; they start when work first
+comes.  The image's bytes go to a worker once, and what comes back is the result
+without them when they are the stored original unchanged (the caller has them).
+A worker ignores SIGINT and SIGTERM (a Ctrl-C or a service manager's stop signal
+reaches the whole process group: the server decides what finishes) and ends when
+the server process ends, however it ends.
+
+A worker that dies (a crash in a decoder, the kernel's OOM killer) breaks its
+pool: each call in flight raises ``BrokenProcessPool``, the pool is replaced, and
+the caller handles the failure like any other (the processor retries the upload;
+one that keeps killing workers is dead-lettered after ``MAX_ATTEMPTS``).
+
+``IMAGE_POOL=thread``: threads of this process, the same calls (a test that
+replaces ``function`` with a closure, which cannot be sent to a process, uses it).
+"""
+
+import asyncio
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import select
+import signal
+import threading
+from concurrent.futures.process import BrokenProcessPool
+
+log = logging.getLogger(__name__)
+
+# What the fork server imports once, for every worker it forks.
+PRELOAD = ["imaging.process", "imaging.workers"]
+
+
+class ImageWorkers:
+    def __init__(self, count, kind="process"):
+        self.count = count
+        self.kind = kind
+        self._pool = self._new_pool()
+
+    def _new_pool(self):
+        if self.kind == "thread":
+            return concurrent.futures.ThreadPoolExecutor(self.count, thread_name_prefix="image")
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        return concurrent.futures.ProcessPoolExecutor(
+            self.count, mp_context=context, initializer=start_worker, initargs=(os.getpid(),))
+
+    async def run(self, function, data, *args):
+        """``function(data, *args)`` in a worker."""
+        loop, pool = asyncio.get_running_loop(), self._pool
+        if self.kind == "thread":
+            return await loop.run_in_executor(pool, function, data, *args)
+        try:
+            result = await loop.run_in_executor(pool, without_input, function, data, *args)
+        except BrokenProcessPool:
+            self._replace(pool)
+            raise
+        if result.data is None:
+            result.data = data
+        return result
+
+    def pids(self):
+        """The process ids of the workers running now (none for threads)."""
+        if self.kind == "thread":
+            return []
+        return list(self._pool._processes or ())
+
+    def _replace(self, broken):
+        if self._pool is broken:  # the first call to see it breaks replaces it
+            log.error("an image worker process died (a crash, or killed); its pool is "
+                      "replaced and the uploads it was working on are tried again")
+            self._pool = self._new_pool()
+            broken.shutdown(wait=False, cancel_futures=True)
+
+    def close(self):
+        """Stop the workers at once: the server's shutdown gave up on what they
+        still run (its messages went back to their queues)."""
+        pool = self._pool
+        if self.kind == "thread":
+            pool.shutdown(wait=True, cancel_futures=True)
+            return
+        workers = list((pool._processes or {}).values())  # Python 3.14: terminate_workers()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
+            worker.join()
+
+
+def without_input(function, data, *args):
+    """In the worker: ``function``'s result, with ``data = None`` when it is the
+    input itself (so the bytes do not travel back)."""
+    result = function(data, *args)
+    if result.data is data:
+        result.data = None
+    return result
+
+
+def start_worker(server_pid):
+    """A worker's first step: ignore the signals meant for the server, and end with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_end_with, args=(server_pid,), name="end-with-server",
+                     daemon=True).start()
+
+
+def _end_with(pid):
+    """Exit as soon as process ``pid`` has ended (SIGKILL included; Linux pidfd)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd here: ended by the pool's shutdown only
+        return
+    select.select([pidfd], [], [])
+    os._exit(1)
