@@ -616,10 +616,13 @@ def latency_cells(samples):
             1000 * percentile(ok, 99), 1000 * max(ok) if ok else float("nan"))
 
 
-def section_b(args, images, tmp, servers):
+def section_b(args, images, tmp, servers, server_args, label=""):
+    """One burst against one server; returns {path: burst p99 / idle p99}."""
     print()
-    print("B. Web responsiveness during a processing burst")
-    server = Server(tmp, args.log_level, args.server_args.split())
+    print("B. Web responsiveness during a processing burst%s" % label)
+    directory = os.path.join(tmp, "b%d" % len(servers))
+    os.makedirs(directory)
+    server = Server(directory, args.log_level, server_args.split())
     servers.append(server)  # stopped by main(), also on error or Ctrl-C
     server.wait_ready()
     probe_image = photo(800, 600, args.seed * 1000 + 999, 12)
@@ -669,6 +672,7 @@ def section_b(args, images, tmp, servers):
     print(header)
     print("-" * len(header))
     accepted_at = burst.accepted_at or float("inf")
+    ratios = {}
     for path in paths:
         rows = [("idle", idle[path]),
                 ("burst (all)", during[path]),
@@ -679,6 +683,7 @@ def section_b(args, images, tmp, servers):
                   % ((path if phase == "idle" else "",
                       phase) + latency_cells(samples)))
         idle_cells, burst_cells = latency_cells(idle[path]), latency_cells(during[path])
+        ratios[path] = burst_cells[3] / idle_cells[3]
         print("%-28s %-24s %6s %6s %8.1fx %8.1fx" % (
             "", "burst / idle", "", "", burst_cells[2] / idle_cells[2],
             burst_cells[3] / idle_cells[3]))
@@ -699,6 +704,7 @@ def section_b(args, images, tmp, servers):
     print("server CPU:  idle %.0f%%, during the burst %.0f%% (all threads; %d cores)"
           % (100 * idle_cpu, 100 * burst_cpu, os.cpu_count()))
     server.stop()
+    return ratios
 
 
 # -- main ------------------------------------------------------------------------------
@@ -728,6 +734,9 @@ def parse_args(argv):
                         help="generate the image set into the run's temp dir (removed)")
     parser.add_argument("--server-args", default="",
                         help="more arguments for server.py in B, e.g. '--image-workers=1'")
+    parser.add_argument("--baseline-server-args", default=None, metavar="ARGS",
+                        help="run B first against a server with these arguments instead "
+                             "(e.g. '--image-pool=thread'), side by side with --server-args")
     parser.add_argument("--report", default=None, metavar="FILE",
                         help="append the headline figures to FILE (bench/all.py)")
     parser.add_argument("--log-level", default=None,
@@ -795,7 +804,24 @@ def main(argv=None):
             if not args.no_profile:
                 profile_processor(images)
         if "b" in args.sections:
-            section_b(args, images, tmp, servers)
+            runs = [("", args.server_args)]
+            if args.baseline_server_args is not None:
+                runs.insert(0, (" [baseline: server.py %s]" % args.baseline_server_args,
+                                args.baseline_server_args))
+            results = [(label, section_b(args, images, tmp, servers, server_args, label))
+                       for label, server_args in runs]
+            if len(results) > 1:
+                print()
+                print("B side by side: burst p99 / idle p99")
+                for label, ratios in results:
+                    print("  %-44s %s" % (label.strip(" []") or "this tree",
+                                          "   ".join("%s %.1fx" % kv for kv in ratios.items())))
+            ratios = results[-1][1]
+            report(args.report, "processing", "/healthz p99, burst of 12 MP uploads / idle "
+                   "(--role=all, embedded)", round(ratios["/healthz"], 2), "<= 3.0")
+            [content] = [path for path in ratios if path != "/healthz"]
+            report(args.report, "processing", "cached content read p99, burst / idle "
+                   "(--role=all, embedded)", round(ratios[content], 2), "<= 3.0")
         if "c" in args.sections:
             section_c(args, images, args.threads)
         print()

@@ -11,9 +11,11 @@ forked by a fork server (``forkserver``: this process runs threads, and forking 
 would be unsafe) that imported ``imaging.process`` once; they start when work first
 comes.  The image's bytes go to a worker once, and what comes back is the result
 without them when they are the stored original unchanged (the caller has them).
-A worker ignores SIGINT and SIGTERM (a Ctrl-C or a service manager's stop signal
-reaches the whole process group: the server decides what finishes) and ends when
-the server process ends, however it ends.
+A worker runs at a lower CPU priority than the server (``WORKER_NICENESS``: where
+they compete for a core, the IOLoop gets it), ignores SIGINT and SIGTERM (a
+Ctrl-C or a service manager's stop signal reaches the whole process group: the
+server decides what finishes) and ends when the server process ends, however it
+ends.
 
 A worker that dies (a crash in a decoder, the kernel's OOM killer) breaks its
 pool: each call in flight raises ``BrokenProcessPool``, the pool is replaced, and
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # What the fork server imports once, for every worker it forks.
 PRELOAD = ["imaging.process", "imaging.workers"]
+# How much lower the workers' CPU priority is than the server's (nice(2)).
+WORKER_NICENESS = 10
 
 
 class ImageWorkers:
@@ -106,7 +110,10 @@ def without_input(function, data, *args):
 
 
 def start_worker(server_pid):
-    """A worker's first step: ignore the signals meant for the server, and end with it."""
+    """A worker's first step: yield the CPU to the server's IOLoop (a lower priority:
+    on a busy host requests are answered first, images made meanwhile), ignore the
+    signals meant for the server, and end with it."""
+    os.nice(WORKER_NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_end_with, args=(server_pid,), name="end-with-server",
