@@ -27,7 +27,10 @@ B. Web responsiveness during a processing burst: server.py with every role on
    One small image is uploaded and read once (so its content is cached); GET
    /healthz and GET /api/images/{id}/content are timed while idle, then while a
    burst of --burst 12-MP JPEG uploads (from another thread of this process) is
-   accepted and processed, until every one of them is stored.
+   accepted and processed, until every one of them is stored.  Reported: each
+   endpoint's burst p99 / idle p99 (target <= 3.0).  --baseline-server-args runs
+   the same first against a server with other arguments (--image-pool=thread:
+   image work in threads of the server), side by side.
 
 C. Formats: images per second through imaging.process (1 thread and the pool)
    for one 12-MP photo of the set as JPEG (q90), HEIC (pillow-heif, q90) and
