@@ -414,6 +414,11 @@ async def test_stop_requeues_what_does_not_finish_in_time(context, monkeypatch):
 
     # The message went back to the queue: the next processor stores it.
     gate.set()
+    await stored_by_a_new_processor(context, upload)
+
+
+async def stored_by_a_new_processor(context, upload):
+    """Start a processor; ``upload`` (back in its queue) ends stored, once, and acked."""
     processor = Processor(context)
     processor.start()
     try:

@@ -17,8 +17,8 @@ from imaging.workers import ImageWorkers
 from tests.gated import Gate, Held
 from tests.helpers import eventually
 from tests.processes import WEB_READY, process_env, upload, wait_until
-from tests.test_consumers import finished, images_with_request, make_upload, publish_upload, \
-    settled
+from tests.test_consumers import (finished, images_with_request, make_upload, publish_upload,
+                                  stored_by_a_new_processor)
 from tests import conftest
 
 @pytest.fixture
@@ -153,14 +153,7 @@ async def test_shutdown_gives_up_on_held_work_and_ends_its_worker(context, monke
     # The message went back to its queue: the next processor, with new workers, stores it.
     context.image_workers = ImageWorkers(1)
     gate.open()
-    processor = Processor(context)
-    processor.start()
-    try:
-        assert (await finished(context, upload.request_id))["status"] == "stored"
-    finally:
-        await processor.stop(5)
-    await settled(context, context.broker.topology.upload_queue)
-    assert await images_with_request(context, upload.request_id) == 1
+    await stored_by_a_new_processor(context, upload)
 
 
 def child_pids(pid):
