@@ -83,21 +83,21 @@ class ImageWorkers:
             log.error("an image worker process died (a crash, or killed); its pool is "
                       "replaced and the uploads it was working on are tried again")
             self._pool = self._new_pool()
-            broken.shutdown(wait=False, cancel_futures=True)
+            _end(broken, wait=False)
 
     def close(self):
         """Stop the workers at once: the server's shutdown gave up on what they
         still run (its messages went back to their queues)."""
-        pool = self._pool
-        if self.kind == "thread":
-            pool.shutdown(wait=True, cancel_futures=True)
-            return
-        workers = list((pool._processes or {}).values())  # Python 3.14: terminate_workers()
-        pool.shutdown(wait=False, cancel_futures=True)
-        for worker in workers:
-            worker.kill()
-        for worker in workers:
-            worker.join()
+        _end(self._pool, wait=True)
+
+
+def _end(pool, wait):
+    """Shut ``pool`` down, its worker processes killed first: they ignore SIGTERM,
+    which is what ProcessPoolExecutor itself sends them (Python 3.14 has
+    ``terminate_workers()``); its own thread then joins them."""
+    for worker in list((getattr(pool, "_processes", None) or {}).values()):
+        worker.kill()
+    pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def without_input(function, data, *args):

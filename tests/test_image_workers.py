@@ -3,9 +3,11 @@ another process, a worker killed mid-job breaks only that try, and shutdown ends
 the workers whatever they hold.  Work is held in a worker by a gate the test
 controls (tests/gated.py), never by slow work."""
 
+import asyncio
 import io
 import os
 import signal
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 from PIL import Image
@@ -73,6 +75,26 @@ async def test_the_work_runs_in_another_process_and_the_bytes_do_not_come_back()
     finally:
         workers.close()
     assert not any(alive(pid) for pid in workers.pids())
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_dead_worker_takes_its_pool_with_it_and_a_new_pool_serves(tmp_path):
+    gate = Gate(str(tmp_path / "images"))
+    workers = ImageWorkers(2)
+    try:
+        held = Held(where_it_ran, gate.directory, None)
+        calls = [asyncio.ensure_future(workers.run(held, b"held")) for _ in range(2)]
+        await eventually(lambda: gate.entered() == 2)
+        first, second = workers.pids()
+        os.kill(first, signal.SIGKILL)
+        for call in calls:  # the other one's work is lost with the pool: both are retried
+            with pytest.raises(BrokenProcessPool):
+                await call
+        await eventually(lambda: not alive(second))  # not left behind, still held
+        ran = await workers.run(where_it_ran, b"next")
+        assert ran.pid not in (first, second, os.getpid())
+    finally:
+        workers.close()
 
 
 @pytest.mark.gen_test(timeout=60)
