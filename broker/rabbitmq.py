@@ -252,6 +252,7 @@ class RabbitMQBroker(Broker):
         self._pending[self._next_tag] = (future, message_id)
         started = time.monotonic()
         self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
+        del body  # pika's frames hold it now; the confirm may take a while
         try:
             await asyncio.wait_for(asyncio.shield(future), self.confirm_timeout)
         except asyncio.TimeoutError:

@@ -76,7 +76,10 @@ async def accept_upload(context, upload, requeue=False):
     broker holds it.  Raises the ApiError to answer otherwise: ``503`` (refused,
     recorded so), ``504`` (outcome unknown).  ``requeue``: ``upload`` is a dead
     letter sent back; its row is reset instead of created, and its dead letter,
-    the only copy of the bytes until the broker confirmed, is removed only then."""
+    the only copy of the bytes until the broker confirmed, is removed only then.
+    The bytes are handed to the broker: ``upload.data`` is None from the publish
+    on, so that while the confirm is awaited the broker's copy (RabbitMQ: pika's
+    frames, waiting to be sent) is the only one."""
     storage, broker = context.storage, context.broker
     if not broker.ready:
         log.warning("upload %s not accepted: the broker is not connected", upload.request_id)
@@ -86,9 +89,12 @@ async def accept_upload(context, upload, requeue=False):
         await storage.requeue_dead_letter(upload.request_id)
     else:
         await storage.create_upload(upload.request_id, upload.nickname)
+    size = len(upload.data)
+    publishing = broker.publish(broker.topology.upload_exchange, UPLOAD_ROUTING_KEY,
+                                mandatory=True, **upload.publish_args())
+    upload.data = None
     try:
-        await broker.publish(broker.topology.upload_exchange, UPLOAD_ROUTING_KEY,
-                             mandatory=True, **upload.publish_args())
+        await publishing
     except BrokerUnavailable as exc:
         log.warning("upload %s: the broker did not take it: %s", upload.request_id, exc)
         await withdraw(context, upload.request_id, requeue)
@@ -99,7 +105,7 @@ async def accept_upload(context, upload, requeue=False):
             log.warning("upload %s requeued, but its dead letter stays: %s",
                         upload.request_id, exc)
     log.info("upload %s accepted: %s, %d bytes, nickname %r", upload.request_id,
-             upload.mime_type, len(upload.data), upload.nickname)
+             upload.mime_type, size, upload.nickname)
 
 
 def _undo(request_id, requeue):

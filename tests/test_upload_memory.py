@@ -1,7 +1,7 @@
 """An upload's body is held in one buffer, and the image copied out of it once:
 the web tier's peak of traced memory for one upload stays near twice its size
 (it was more than three times: the chunks, their join, and the multipart
-parser's two copies)."""
+parser's two copies).  While the broker confirms, its copy is the only one."""
 
 import os
 import socket
@@ -9,10 +9,12 @@ import tracemalloc
 
 import pytest
 
+import handlers.images
+import handlers.upload
 from context import close_context
 from handlers import make_app
 from tests.conftest import start_context
-from tests.helpers import multipart
+from tests.helpers import multipart, post_upload
 
 SIZE = 8 * 1024 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -68,3 +70,27 @@ async def test_one_upload_peaks_near_twice_its_size(http_server, http_port, io_l
     print("peak of traced memory for one %d-byte upload: %.2f times its size"
           % (SIZE, peak / SIZE))
     assert peak < 2.5 * SIZE, "peak %.2f times the upload's size" % (peak / SIZE)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_bytes_are_handed_to_the_broker_not_kept_while_it_confirms(
+        http_client, base_url, web_context, monkeypatch):
+    """While the confirm is awaited the broker's copy is the only one (with RabbitMQ,
+    pika's frames wait in its buffer meanwhile: the handler's would be a second)."""
+    broker, held = web_context.broker, []
+    real_publish, real_accept = broker.publish, handlers.upload.accept_upload
+
+    async def accept(context, upload, requeue=False):
+        held.append(upload)
+        return await real_accept(context, upload, requeue)
+
+    async def publish(*args, **kwargs):
+        assert len(kwargs["body"]) == SIZE
+        assert [upload.data for upload in held] == [None]  # the caller let go of it
+        return await real_publish(*args, **kwargs)
+    monkeypatch.setattr(handlers.images, "accept_upload", accept)
+    monkeypatch.setattr(broker, "publish", publish)
+    data = PNG_SIGNATURE + os.urandom(SIZE - len(PNG_SIGNATURE))
+    response = await post_upload(http_client, base_url, "big", data, "big.png")
+    assert response.code == 202, response.body
+    assert len(held) == 1
