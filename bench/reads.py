@@ -23,8 +23,8 @@ asserts on time.
 
 ``--baseline-tree DIR`` also runs (b) and (c) from another source tree side by side
 (say the commit before a change: ``git archive main | tar -x -C DIR``).
-``--profile DIR`` then records each app target with py-spy for one more, unmeasured
-run (DIR/<target>.txt, raw collapsed stacks).
+``--profile DIR`` then records each target with py-spy for one more, unmeasured run
+(DIR/<target>.txt, raw collapsed stacks).
 
 Everything started is stopped and removed on the way out: the servers, the
 temporary database, the AMQP objects, the Redis keys and the temp dir.
@@ -43,7 +43,7 @@ import tempfile
 import urllib.parse
 import uuid
 
-from common import report
+from common import process_cpu_seconds, report
 from tests.processes import RABBIT_READY, Proc, fetch, process_env, upload, wait_stored
 from upload_throughput import (LOG_FORMAT, Target, amqp_channel, baseline_twin,
                                check_running, delete_amqp_objects, make_jpeg, pg_admin, start)
@@ -68,6 +68,9 @@ def serve_bare(port, address, path):
         data = image.read()
 
     class BareBytesHandler(tornado.web.RequestHandler):
+        def compute_etag(self):
+            return None  # no hash of the body per request: the app sends its stored one
+
         def get(self, image_id):
             self.set_header("Content-Type", "image/jpeg")
             self.finish(data)
@@ -99,17 +102,19 @@ def require_wrk():
 
 
 def wrk(url, seconds, connections):
-    """``(requests per second, p99 ms, non-2xx/3xx answers, errors)`` of one wrk run."""
+    """``(requests per second, p99 ms, requests, non-2xx/3xx answers, errors)`` of one
+    wrk run."""
     out = subprocess.run([WRK, "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency",
                           url], capture_output=True, text=True, timeout=seconds + 30).stdout
     rate = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    count = re.search(r"(\d+) requests in", out)
     p99 = re.search(r"^\s+99%\s+([0-9.]+)(us|ms|s)\s*$", out, re.M)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:(.*)$", out, re.M)
-    if rate is None or p99 is None:
+    if rate is None or p99 is None or count is None:
         raise RuntimeError("cannot read wrk's output:\n" + out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
-    return (float(rate.group(1)), float(p99.group(1)) * scale,
+    return (float(rate.group(1)), float(p99.group(1)) * scale, int(count.group(1)),
             int(bad.group(1)) if bad else 0, errors.group(1).strip() if errors else "")
 
 
@@ -141,7 +146,7 @@ def parse_args(argv):
     parser.add_argument("--baseline-tree", default=None, metavar="DIR",
                         help="also run (b) and (c) from the source tree DIR")
     parser.add_argument("--profile", default=None, metavar="DIR",
-                        help="afterwards, record each app target with py-spy into DIR")
+                        help="afterwards, record each target with py-spy into DIR")
     parser.add_argument("--report", default=None, metavar="FILE",
                         help="append the headline figures to FILE (bench/all.py)")
     parser.add_argument("--postgres-url", default=os.environ.get(
@@ -248,45 +253,54 @@ def main(argv=None):
         print("servers: " + "; ".join("(%s) pid %d port %d" % (t.key, t.proc.pid, t.port)
                                       for t in targets))
         print()
-        print("%-5s %-46s %10s %9s  %s" % ("round", "target", "req/s", "p99 ms", "notes"))
+        print("%-5s %-46s %10s %9s %10s  %s" % ("round", "target", "req/s", "p99 ms",
+                                                 "CPU us/req", "notes"))
         for number in range(1, args.rounds + 1):
             for target in (targets if number % 2 else targets[::-1]):
                 url = "http://127.0.0.1:%d%s" % (target.port, paths[target.key])
                 wrk(url, 1, args.connections)
-                rate, p99, bad, errors = wrk(url, args.duration, args.connections)
-                target.rounds.append((rate, p99))
+                cpu = process_cpu_seconds(target.proc.pid)
+                rate, p99, count, bad, errors = wrk(url, args.duration, args.connections)
+                cpu = 1e6 * (process_cpu_seconds(target.proc.pid) - cpu) / max(count, 1)
+                target.rounds.append((rate, p99, cpu))
                 notes = ("non-2xx: %d" % bad if bad else "") + (" " + errors if errors else "")
-                print("%-5d %-46s %10.0f %9.2f  %s" % (number, target.name, rate, p99, notes),
-                      flush=True)
+                print("%-5d %-46s %10.0f %9.2f %10.0f  %s"
+                      % (number, target.name, rate, p99, cpu, notes), flush=True)
                 check_running(targets)
 
         medians = {}
         for target in targets:
-            rates = [rate for rate, _ in target.rounds]
+            rates = [rate for rate, _, _ in target.rounds]
             medians[target.key] = target.rounds[rates.index(statistics.median_low(rates))]
         bare = medians.get("a", (None,))[0]
         print()
         print("Median round per target")
-        print("%-46s %10s %9s %9s" % ("target", "req/s", "p99 ms", "vs (a)"))
+        print("%-46s %10s %9s %9s %12s %10s" % ("target", "req/s", "p99 ms", "vs (a)",
+                                                "CPU us/req", "(a)/this"))
+        cpu_per_request = {t.key: statistics.median([cpu for _, _, cpu in t.rounds])
+                           for t in targets}
+        bare_cpu = cpu_per_request.get("a")
         for target in targets:
-            rate, p99 = medians[target.key]
-            print("%-46s %10.0f %9.2f %9s" % (target.name, rate, p99,
-                                            "%.2f" % (rate / bare) if bare else "-"))
+            rate, p99, _ = medians[target.key]
+            cpu = cpu_per_request[target.key]
+            print("%-46s %10.0f %9.2f %9s %12.0f %10s"
+                  % (target.name, rate, p99, "%.2f" % (rate / bare) if bare else "-", cpu,
+                     "%.2f" % (bare_cpu / cpu) if bare_cpu else "-"))
         if bare:
             for key, measure in (("b", "cached read, Redis configured / bare bytes handler"),
                                  ("c", "cached read, embedded / bare bytes handler")):
                 if key in medians:
                     report(args.report, "reads", measure, round(medians[key][0] / bare, 3),
                            ">= %.2f" % TARGET_RATIO if key == "b" else "")
-        print("\nTarget: (b)/(a) >= %.2f.  Client and servers share the cores; compare "
-              "ratios within one run." % TARGET_RATIO)
+        print("\nTarget: (b)/(a) >= %.2f (req/s).  Client and servers share the cores; "
+              "compare ratios within one run.\nCPU us/req: the server process's CPU time "
+              "(all threads) per request, median of the rounds;\n(a)/this: the same ratio "
+              "by CPU per request, which a busy machine disturbs less." % TARGET_RATIO)
 
         if args.profile:
             os.makedirs(args.profile, exist_ok=True)
             py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
             for target in targets:
-                if target.key == "a":
-                    continue
                 out = os.path.join(args.profile, "%s.txt" % target.key)
                 url = "http://127.0.0.1:%d%s" % (target.port, paths[target.key])
                 spy = subprocess.Popen([py_spy, "record", "--pid", str(target.proc.pid),

@@ -56,7 +56,7 @@ async def through_cache(context, key, load):
     (then cached); None when ``load`` finds nothing."""
     cache = context.cache
     entry, result = await cache.lookup(key)
-    context.metrics.cache_requests.labels(result).inc()
+    context.metrics.cache_results[result].inc()
     if entry is None:
         entry = await load()
         if entry is not None:
