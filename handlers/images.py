@@ -246,7 +246,7 @@ class ImmutableBytesHandler(BaseHandler):
         self.set_header("Content-Type", entry.mime_type)
         self.set_header("Cache-Control", IMMUTABLE)
         self.set_header("Etag", entry.etag)
-        if self.check_etag_header():
+        if "If-None-Match" in self.request.headers and self.check_etag_header():
             self.set_status(304)
             self.finish()
         else:
