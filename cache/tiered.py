@@ -6,7 +6,8 @@ then kept in memory too); a set and a delete go to both.  Image bytes never
 change under one id, so the in-process copy is as good as the shared one until
 the image is deleted: the deleting process drops both, every other web process
 drops its own on the ``image.deleted`` event (context.forget_deleted), and a key
-deleted here is never stored here again, nor sent on to the shared cache.
+deleted here is never stored here again, nor sent on to the shared cache, nor
+read from it.
 """
 
 from cache import Cache
@@ -25,6 +26,8 @@ class TieredCache(Cache):
         entry = self.near.peek(key)
         if entry is not None:
             return entry, "hit"
+        if self.near.deleted(key):
+            return None, "miss"  # whatever Redis holds, put back by a late read elsewhere
         entry, result = await self.far.lookup(key)
         if entry is not None:
             await self.near.set(key, entry)  # refused if deleted meanwhile
