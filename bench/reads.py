@@ -46,7 +46,7 @@ import uuid
 from common import process_cpu_seconds, report
 from tests.processes import RABBIT_READY, Proc, fetch, process_env, upload, wait_stored
 from upload_throughput import (LOG_FORMAT, Target, amqp_channel, baseline_twin,
-                               check_running, delete_amqp_objects, make_jpeg, pg_admin, start)
+                               check_running, cleanup, make_jpeg, pg_admin, start)
 
 IMAGE_BYTES = 98_000
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
@@ -316,39 +316,22 @@ def main(argv=None):
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cleanup(targets + helpers, tmp, args, pg_database, amqp_prefix, redis_prefix)
+        for helper in helpers:
+            helper.end()
+        forget_redis_keys(args.redis_url, redis_prefix)
+        cleanup(targets, tmp, args, pg_database, amqp_prefix)
     return 0
 
 
-def cleanup(targets, tmp, args, pg_database, amqp_prefix, redis_prefix):
-    for each in targets:
-        proc = getattr(each, "proc", each)
-        if proc is not None:
-            proc.end(40)
-    if pg_database:
-        try:
-            conn = pg_admin(args.postgres_url)
-            try:
-                with conn.cursor() as cursor:
-                    cursor.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % pg_database)
-            finally:
-                conn.close()
-        except Exception as exc:
-            print("cleanup: dropping database %s: %s" % (pg_database, exc), file=sys.stderr)
-    if amqp_prefix:
-        try:
-            delete_amqp_objects(args.amqp_url, amqp_prefix)
-        except Exception as exc:
-            print("cleanup: AMQP objects %r*: %s" % (amqp_prefix, exc), file=sys.stderr)
+def forget_redis_keys(redis_url, prefix):
     try:
         import redis
-        client = redis.Redis.from_url(args.redis_url, socket_timeout=3)
-        for key in client.scan_iter(match=redis_prefix + "*"):
+        client = redis.Redis.from_url(redis_url, socket_timeout=3)
+        for key in client.scan_iter(match=prefix + "*"):
             client.delete(key)
         client.close()
     except Exception as exc:
-        print("cleanup: Redis keys %r*: %s" % (redis_prefix, exc), file=sys.stderr)
-    shutil.rmtree(tmp, ignore_errors=True)
+        print("cleanup: Redis keys %r*: %s" % (prefix, exc), file=sys.stderr)
 
 
 if __name__ == "__main__":
