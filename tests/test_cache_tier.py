@@ -16,8 +16,9 @@ from cache.memory import MemoryCache
 from cache.redis import RedisCache
 from cache.tiered import TieredCache
 from handlers.images import cached_content, delete_image
-from tests.conftest import REDIS_URL, make_config, start_context
+from tests.conftest import REDIS_URL, free_port, make_config, start_context
 from tests.helpers import eventually, store_images
+from tests.test_cache import Proxy, url_for_port
 from context import close_context
 from tests.test_broker import _close_connection_named, _named_url, in_thread, require_rabbitmqctl
 
@@ -109,6 +110,33 @@ async def test_clear_local_empties_the_tier_and_keeps_redis(tiered):
     assert tiered.clear_local() == 2
     assert tiered.near.used == 0 and tiered.near.peek("image:1") is None
     assert (await tiered.far.get("image:1")).data == b"one"
+
+
+def cache_results(context, result):
+    return context.metrics.registry.get_sample_value("photo_app_cache_requests_total",
+                                                     {"result": result})
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_with_redis_down_the_tier_answers_what_it_holds_and_redis_comes_back(services):
+    proxy = Proxy(free_port())  # Redis, behind a proxy this test stops and starts
+    await proxy.start()
+    services.cache_url = url_for_port(proxy.port)
+    try:
+        async with web_processes(services, 1) as (context,):
+            held, unread, later = await store_images(context.storage, "outage", count=3)
+            assert await cached_content(context, held) is not None
+            await proxy.stop()
+            assert await cached_content(context, held) is not None
+            assert (cache_results(context, "hit"), cache_results(context, "error")) == (1, 0)
+            assert await cached_content(context, unread) is not None  # from the database
+            assert cache_results(context, "error") == 1
+            await proxy.start()
+            assert await cached_content(context, later) is not None
+            assert (await context.cache.far.get(content_key(later))) is not None
+    finally:
+        if proxy._server is not None:
+            await proxy.stop()
 
 
 # -- deletes and reconnects, across web processes --------------------------------------
