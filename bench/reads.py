@@ -62,6 +62,8 @@ def serve_bare(port, address, path):
 
     import tornado.web
 
+    from server import shutdown_signal
+
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                         stream=sys.stderr, format=LOG_FORMAT)  # an access line, as the app
     with open(path, "rb") as image:
@@ -83,11 +85,7 @@ def serve_bare(port, address, path):
         app = tornado.web.Application([(r"/api/images/([0-9]+)/content", BareBytesHandler),
                                        (r"/readyz", ReadyHandler)])
         server = app.listen(port, address)
-        loop = asyncio.get_running_loop()
-        stop = loop.create_future()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
-        await stop
+        await shutdown_signal()  # SIGINT or SIGTERM, as the app's
         server.stop()
 
     asyncio.run(main())
@@ -201,15 +199,12 @@ def main(argv=None):
                                   dict(base_env)))
         web_env = {}
         if services:
-            conn = pg_admin(args.postgres_url)
-            try:
-                with conn.cursor() as cursor:
-                    cursor.execute("CREATE DATABASE %s" % pg_database)
-            finally:
-                conn.close()
-            parts = urllib.parse.urlsplit(args.postgres_url)
-            database_url = urllib.parse.urlunsplit(parts._replace(path="/" + pg_database))
             amqp_channel(args.amqp_url)[0].close()  # fail early if RabbitMQ is away
+            admin = pg_admin(args.postgres_url)
+            admin.cursor().execute("CREATE DATABASE %s" % pg_database)
+            admin.close()
+            database_url = urllib.parse.urlunsplit(urllib.parse.urlsplit(
+                args.postgres_url)._replace(path="/" + pg_database))
             web_env = dict(base_env, DATABASE_URL=database_url, AMQP_URL=args.amqp_url,
                            AMQP_PREFIX=amqp_prefix)
         if "b" in args.targets:
