@@ -60,6 +60,8 @@ class Config:
     # a deadline for the body, not an idle timeout); then the connection is closed,
     # so a client that promises more bytes than it sends cannot hold it forever.
     body_timeout: float = 300.0
+    # Image bytes one process keeps in its memory: the whole cache with REDIS_URL=memory,
+    # the in-process tier in front of Redis otherwise.
     cache_max_bytes: int = 64 * MIB
     cache_timeout: float = 0.5
     db_pool_size: int = 8
@@ -362,7 +364,8 @@ _SETTINGS = [
     ("--body-timeout", "BODY_TIMEOUT", "body_timeout", float,
      "seconds a request body may take to arrive in full (web role)"),
     ("--cache-max-bytes", "CACHE_MAX_BYTES", "cache_max_bytes", int,
-     "size of the in-memory cache"),
+     "image bytes one process keeps in memory: the in-memory cache, or the "
+     "in-process tier in front of Redis"),
     ("--cache-timeout", "CACHE_TIMEOUT", "cache_timeout", float,
      "seconds before a Redis call is given up"),
     ("--db-pool-size", "DB_POOL_SIZE", "db_pool_size", int, "database connections"),

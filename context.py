@@ -49,9 +49,18 @@ async def open_context(config):
     workers = ImageWorkers(config.image_workers, config.image_pool)
     context = Context(config, storage, cache, broker, workers, metrics=metrics)
     if "web" in config.roles:
-        broker.subscribe(broker.topology.events_exchange, EVENT_KEYS, context.events.on_message)
         context.events.listeners.append(lambda event: forget_deleted(context, event))
+        broker.subscribe(broker.topology.events_exchange, EVENT_KEYS, context.events.on_message,
+                         on_subscribed=lambda: events_resumed(context))
     return context
+
+
+def events_resumed(context):
+    """The event subscription is in place (again): deletes announced while it was not
+    may have been missed, so this process forgets the image bytes it holds in memory."""
+    dropped = context.cache.clear_local()
+    if dropped:
+        log.info("events subscribed again: dropped %d in-process cache entries", dropped)
 
 
 def forget_deleted(context, event):

@@ -74,8 +74,20 @@ class Metrics:
             self.uploads.labels(outcome)
         for outcome in PROCESSED_OUTCOMES:
             self.processed.labels(outcome)
-        for result in CACHE_RESULTS:
-            self.cache_requests.labels(result)
+        # Children bound once, not looked up by their labels on every request.
+        self.cache_results = {result: self.cache_requests.labels(result)
+                              for result in CACHE_RESULTS}
+        self._http_children = {}  # (route, method, status) -> (counter, histogram)
+
+    def http_answered(self, route, method, status, seconds):
+        """Count one HTTP answer and the ``seconds`` it took."""
+        children = self._http_children.get((route, method, status))
+        if children is None:
+            children = self._http_children[route, method, status] = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_request_duration.labels(route, method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def refresh_queues(self, broker):
         """Set the queue gauges from the broker's own counts; when the broker cannot

@@ -240,12 +240,14 @@ class Broker:
         """Record a publish confirmed ``started`` (``time.monotonic()``) seconds ago."""
         self.metrics.broker_confirm_seconds.observe(time.monotonic() - started)
 
-    def subscribe(self, exchange, routing_keys, on_message):
+    def subscribe(self, exchange, routing_keys, on_message, on_subscribed=None):
         """Hear ``routing_keys`` of ``exchange`` for as long as this process runs, through
         a private queue of its own (exclusive, server-named and auto-delete on RabbitMQ),
         declared anew after each reconnect.  Deliveries need no settling; what is
         published while the process is not connected is missed (fit for live updates
-        and cache invalidation, never for work)."""
+        and cache invalidation, never for work).  ``on_subscribed()`` is called each
+        time the subscription is in place: first, and again after every reconnect,
+        when whoever listens should assume that events were missed."""
         raise NotImplementedError
 
     async def close(self):

@@ -274,9 +274,11 @@ class MemoryBroker(Broker):
     async def cancel(self, queue):
         self._queues[queue].consumers.clear()
 
-    def subscribe(self, exchange, routing_keys, on_message):
+    def subscribe(self, exchange, routing_keys, on_message, on_subscribed=None):
         for key in routing_keys:
             self._subscribers.setdefault((exchange, key), []).append(on_message)
+        if on_subscribed is not None:
+            on_subscribed()  # in place at once, and never lost: there is no connection
 
     async def close(self):
         was_open, self._open = self._open, False

@@ -74,7 +74,7 @@ class RabbitMQBroker(Broker):
         self._nacked_since = None     # loop time of the first of the nacks in a row
         self._consumers = {}          # queue -> (on_message, prefetch)
         self._consumer_channels = {}  # queue -> (channel, consumer tag)
-        self._subscriptions = []      # (exchange, routing keys, on_message)
+        self._subscriptions = []      # (exchange, routing keys, on_message, on_subscribed)
         self.connected = asyncio.Event()
         self._stopping = asyncio.Event()  # set by close(): cuts a reconnect delay short
 
@@ -363,16 +363,17 @@ class RabbitMQBroker(Broker):
         await done.future
         self._consumer_channels[queue] = (channel, tag)
 
-    def subscribe(self, exchange, routing_keys, on_message):
-        subscription = (exchange, tuple(routing_keys), on_message)
+    def subscribe(self, exchange, routing_keys, on_message, on_subscribed=None):
+        subscription = (exchange, tuple(routing_keys), on_message, on_subscribed)
         self._subscriptions.append(subscription)
         if self._channel is not None:
             asyncio.ensure_future(self._start_late(self._start_subscription, *subscription))
 
-    async def _start_subscription(self, exchange, routing_keys, on_message):
+    async def _start_subscription(self, exchange, routing_keys, on_message, on_subscribed):
         """A server-named queue of this connection's own, bound to ``routing_keys``;
         RabbitMQ deletes it when the connection goes, and the next connection makes
-        another."""
+        another (and calls ``on_subscribed`` again: what was published between the
+        two was missed)."""
         channel = await self._open_channel()
         declared = _Callback(self)
         channel.queue_declare("", exclusive=True, auto_delete=True, callback=declared)
@@ -390,6 +391,8 @@ class RabbitMQBroker(Broker):
         done = _Callback(self)
         channel.basic_consume(queue, deliver, auto_ack=True, callback=done)
         await done.future
+        if on_subscribed is not None:
+            on_subscribed()
 
     @staticmethod
     def _settler(channel, delivery_tag):

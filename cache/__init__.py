@@ -3,7 +3,10 @@
 Images never change once stored, so entries never go stale; they only leave
 when memory is short, or when the image is deleted (``forget_image``: the
 deleting process drops them, and every web process drops its own on the
-``image.deleted`` event).  An entry keeps the
+``image.deleted`` event).  With Redis, each web process keeps an in-process
+tier in front of it (cache.tiered), bounded by CACHE_MAX_BYTES; a process
+whose event subscription was re-established after a broker reconnect may have
+missed deletes, so it clears that tier (``clear_local``).  An entry keeps the
 bytes as bytes beside their mime type and ETag; nothing is joined by a
 separator that could occur in image data.
 
@@ -52,7 +55,16 @@ class Cache:
         raise NotImplementedError
 
     async def delete(self, key):
+        """Drop ``key`` for good: image ids are never reused, so a cache in this
+        process's memory refuses to store the key again (a read that loaded the
+        bytes just before the delete cannot put them back)."""
         raise NotImplementedError
+
+    def clear_local(self):
+        """Drop every entry held in this process's memory (events that would have
+        removed some may have been missed); the number dropped.  A cache held
+        elsewhere (Redis) keeps its entries."""
+        return 0
 
     async def ping(self):
         """True when the cache answers (an absent cache always does)."""
@@ -90,6 +102,9 @@ def open_cache(config):
     if config.cache_type == "memory":
         from cache.memory import MemoryCache
         return MemoryCache(config.cache_max_bytes)
+    from cache.memory import MemoryCache
     from cache.redis import RedisCache
-    return RedisCache(config.cache_url, prefix=config.cache_prefix,
-                      timeout=config.cache_timeout)
+    from cache.tiered import TieredCache
+    return TieredCache(MemoryCache(config.cache_max_bytes),
+                       RedisCache(config.cache_url, prefix=config.cache_prefix,
+                                  timeout=config.cache_timeout))

@@ -72,15 +72,14 @@ def log_request(handler):
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
     route = type(handler).__name__
-    duration_ms = round(1000.0 * request.request_time(), 2)
+    seconds = request.request_time()
+    duration_ms = round(1000.0 * seconds, 2)
     access_log.log(level, "%d %s %s %s %.2fms", status, request.method, request.uri, route,
                    duration_ms, extra={"method": request.method, "path": request.path,
                                        "route": route, "status": status,
                                        "duration_ms": duration_ms,
                                        "request_id": getattr(handler, "request_id", None)})
-    metrics = handler.settings["metrics"]
-    metrics.http_requests.labels(route, request.method, str(status)).inc()
-    metrics.http_request_duration.labels(route, request.method).observe(request.request_time())
+    handler.settings["metrics"].http_answered(route, request.method, status, seconds)
 
 
 def cookie_secret(config):

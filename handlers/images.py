@@ -56,7 +56,7 @@ async def through_cache(context, key, load):
     (then cached); None when ``load`` finds nothing."""
     cache = context.cache
     entry, result = await cache.lookup(key)
-    context.metrics.cache_requests.labels(result).inc()
+    context.metrics.cache_results[result].inc()
     if entry is None:
         entry = await load()
         if entry is not None:
@@ -246,7 +246,7 @@ class ImmutableBytesHandler(BaseHandler):
         self.set_header("Content-Type", entry.mime_type)
         self.set_header("Cache-Control", IMMUTABLE)
         self.set_header("Etag", entry.etag)
-        if self.check_etag_header():
+        if "If-None-Match" in self.request.headers and self.check_etag_header():
             self.set_status(304)
             self.finish()
         else:

@@ -1,4 +1,5 @@
-"""The read cache: the contract on the in-process LRU and on Redis, plus NoCache,
+"""The read cache: the contract on the in-process LRU, on Redis and on Redis behind
+an in-process tier (tests/test_cache_tier.py has more of that one), plus NoCache,
 and how RedisCache behaves when Redis is down, slow, or comes back.
 
 A cache fault must never become a request fault: it is a logged warning (once
@@ -15,6 +16,7 @@ import redis
 from cache import CachedImage, NoCache, content_key
 from cache.memory import MemoryCache
 from cache.redis import RedisCache
+from cache.tiered import TieredCache
 from tests.conftest import REDIS_URL, free_port
 
 # Byte sequences a separator-joined or text-decoded encoding would break.
@@ -50,13 +52,16 @@ def redis_infos(caplog, text="answers again"):
 
 # -- the contract on every backend ---------------------------------------------
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "tiered"])
 def cache(request, io_loop):
-    """A cache of each kind (Redis under this test's key prefix), closed afterwards."""
+    """A cache of each kind (Redis under this test's key prefix; "tiered": Redis behind
+    an in-process tier, what REDIS_URL=redis://... opens), closed afterwards."""
     if request.param == "memory":
         store = MemoryCache(max_bytes=1024 * 1024)
     else:
         store = RedisCache(REDIS_URL, prefix=request.getfixturevalue("redis_prefix"))
+        if request.param == "tiered":
+            store = TieredCache(MemoryCache(max_bytes=1024 * 1024), store)
     yield store
     io_loop.run_sync(store.close)
 

@@ -351,7 +351,10 @@ def test_postgres_restart_fails_fast_then_recovers_and_loses_nothing(
 def test_redis_stopped_reads_come_from_the_database_and_it_is_used_again(
         postgres_url, amqp_prefix, redis_prefix, services, spawn):
     port = free_port()
-    start_roles(spawn, env_for(postgres_url, amqp_prefix, redis_prefix), port)
+    # No image fits the web process's in-process tier (CACHE_MAX_BYTES=1), so every read
+    # asks Redis (tests/test_cache_tier.py has the tier during an outage).
+    start_roles(spawn, env_for(postgres_url, amqp_prefix, redis_prefix, CACHE_MAX_BYTES=1),
+                port)
     data = make_image("PNG", size=(50, 40), color=(3, 6, 9))
     code, body = upload(port, data, nickname="cached")
     assert code == 202

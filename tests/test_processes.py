@@ -174,7 +174,7 @@ def test_split_roles_in_three_processes(postgres_url, amqp_prefix, redis_prefix,
         assert cache.exists(key), "the first read should have filled the cache"
         assert cache.hget(key, "data") == data
         assert cache.hget(key, "mime_type") == b"image/jpeg"
-        headers, second = content(port, image_id)  # served from Redis
+        headers, second = content(port, image_id)  # from the web process's memory now
         assert second == data
         assert headers["Content-Type"] == "image/jpeg"
     finally:
