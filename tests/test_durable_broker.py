@@ -8,7 +8,6 @@ a burst of uploads stores every upload it answered 202 exactly once after a rest
 import asyncio
 import collections
 import http.client
-import itertools
 import re
 import signal
 import sqlite3
