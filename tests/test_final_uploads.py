@@ -14,6 +14,7 @@ def notifications_logged(caplog):
     caplog.set_level("INFO", logger="photo_app.notifications")
 
 
+@pytest.mark.image_threads
 @pytest.mark.gen_test(timeout=40)
 async def test_a_redelivered_dead_lettered_upload_is_not_stored(context, caplog, monkeypatch):
     calls = count_process_calls(monkeypatch)
@@ -37,6 +38,7 @@ async def test_a_redelivered_dead_lettered_upload_is_not_stored(context, caplog,
     assert notifications(caplog, "image.uploaded", upload.request_id) == []
 
 
+@pytest.mark.image_threads
 @pytest.mark.gen_test(timeout=40)
 async def test_a_redelivered_failed_upload_only_announces_its_failure_again(context, caplog,
                                                                             monkeypatch):
