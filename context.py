@@ -14,6 +14,7 @@ from cache import forget_image, open_cache
 from handlers.events import EventHub
 from metrics import Metrics
 from storage import open_storage
+from uploads import RequestIds
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ class Context:
     cache: object
     broker: object
     image_executor: ThreadPoolExecutor
+    # Issues and recognises the upload request ids, under the database's key.
+    request_ids: RequestIds
     # This process's Prometheus metrics (metrics.py).
     metrics: Metrics = field(default_factory=Metrics)
     # This process's WebSocket clients and the events it hears for them (web role).
@@ -39,6 +42,7 @@ async def open_context(config):
     storage = open_storage(config)
     log.info("database: %s", storage.describe())
     await storage.migrate()
+    request_ids = RequestIds(await storage.request_id_secret())
     cache = open_cache(config)
     log.info("cache: %s", cache.describe())
     metrics = Metrics()
@@ -46,7 +50,8 @@ async def open_context(config):
     log.info("broker: %s", broker.describe())
     await broker.start()
     executor = ThreadPoolExecutor(config.image_workers, thread_name_prefix="image")
-    context = Context(config, storage, cache, broker, executor, metrics=metrics)
+    context = Context(config, storage, cache, broker, executor, request_ids,
+                      metrics=metrics)
     if "web" in config.roles:
         broker.subscribe(broker.topology.events_exchange, EVENT_KEYS, context.events.on_message)
         context.events.listeners.append(lambda event: forget_deleted(context, event))
