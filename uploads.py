@@ -13,7 +13,6 @@ answered ``202`` has no row in the database until the processor begins it, and
 its status is known from the id alone until then.
 """
 
-import hashlib
 import hmac
 import os
 import re
@@ -91,7 +90,7 @@ class RequestIds:
         self._secret = secret.encode() if isinstance(secret, str) else secret
 
     def _tag(self, head):
-        return hmac.new(self._secret, head, hashlib.sha256).digest()[:self.TAG]
+        return hmac.digest(self._secret, head, "sha256")[:self.TAG]
 
     def issue(self):
         head = (int(datetime.now(timezone.utc).timestamp() * 1000).to_bytes(self.TIME, "big")
