@@ -1,6 +1,7 @@
 """What the benchmarks share beyond the test suite's process, HTTP and multipart
 plumbing (tests/processes.py, tests/helpers.py, which they use): the import
-path (importing this module puts the repository on it), and a process's CPU time."""
+path (importing this module puts the repository on it), a process's CPU time (and
+that of the services' processes, found by name), and ``report()``."""
 
 import os
 import sys
@@ -18,6 +19,26 @@ def process_cpu_seconds(pid):
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def processes_named(name):
+    """The pids of the processes whose command name (``/proc/PID/comm``) is ``name``
+    (``beam.smp``: RabbitMQ; ``postgres``: PostgreSQL's server and backends)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/comm" % entry) as comm:
+                    if comm.read().strip() == name:
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def cpu_seconds_of(name):
+    """The CPU seconds used so far by every process named ``name`` (see processes_named)."""
+    return sum(process_cpu_seconds(pid) for pid in processes_named(name))
 
 
 def report(path, bench, measure, value, target):

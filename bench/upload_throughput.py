@@ -48,7 +48,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from common import ROOT, process_cpu_seconds, report
+from common import ROOT, cpu_seconds_of, process_cpu_seconds, report
 from tests.helpers import multipart
 from tests.processes import Proc, free_port, process_env
 
@@ -278,6 +278,7 @@ class RoundResult:
     client_cpu: float        # CPU seconds the load generator used
     note: str = ""
     quantiles: dict = None   # {percentile: ms} as wrk measured them (all answers)
+    services_cpu: dict = None  # {"RabbitMQ": CPU seconds, "PostgreSQL": ...} in the run
 
     @property
     def accepted(self):
@@ -417,24 +418,31 @@ def run_wrk(target, args):
             {50: p50 / 1000, 99: int(lines["p99"][0]) / 1000}, cpu)
 
 
+# The shared services' processes, whose CPU each run also reads (other users of the
+# machine count too).
+SERVICES = (("RabbitMQ", "beam.smp"), ("PostgreSQL", "postgres"))
+
+
 def measure(target, request, args):
     """Warm up, then one measured run against ``target``: a RoundResult."""
     warm_up = asyncio.run(run_load(target.port, request, args.warmup, args.concurrency,
                                    args.timeout))
     server_before = process_cpu_seconds(target.proc.pid)
+    services_before = {name: cpu_seconds_of(command) for name, command in SERVICES}
     if args.wrk:
         sent, wall, statuses, quantiles, client_cpu = run_wrk(target, args)
-        target.accepted += warm_up[2].get(202, 0) + statuses.get(202, 0)
-        return RoundResult(sent, wall, statuses, [],
-                           process_cpu_seconds(target.proc.pid) - server_before, client_cpu,
-                           quantiles=quantiles)
-    client_before = time.process_time()
-    sent, wall, statuses, latencies = asyncio.run(
-        run_load(target.port, request, args.count, args.concurrency, args.timeout))
+        latencies = []
+    else:
+        client_before = time.process_time()
+        sent, wall, statuses, latencies = asyncio.run(
+            run_load(target.port, request, args.count, args.concurrency, args.timeout))
+        client_cpu, quantiles = time.process_time() - client_before, None
     target.accepted += warm_up[2].get(202, 0) + statuses.get(202, 0)
     return RoundResult(sent, wall, statuses, latencies,
-                       process_cpu_seconds(target.proc.pid) - server_before,
-                       time.process_time() - client_before)
+                       process_cpu_seconds(target.proc.pid) - server_before, client_cpu,
+                       quantiles=quantiles,
+                       services_cpu={name: cpu_seconds_of(command) - services_before[name]
+                                     for name, command in SERVICES})
 
 
 # -- the servers ---------------------------------------------------------------------
@@ -639,8 +647,8 @@ def parse_args(argv):
     parser.add_argument("--count", type=int, default=1000,
                         help="python client: measured uploads per target per round "
                         "(default 1000)")
-    parser.add_argument("--concurrency", "-c", type=int, default=16,
-                        help="concurrent keep-alive connections (default 16)")
+    parser.add_argument("--concurrency", "-c", type=int, default=32,
+                        help="concurrent keep-alive connections (default 32)")
     parser.add_argument("--size-kb", type=int, default=100,
                         help="approximate JPEG size in KB (default 100)")
     parser.add_argument("--rounds", type=int, default=3,
@@ -808,6 +816,8 @@ def main(argv=None):
                     notes.append("queue held %d messages (%d answered 202 incl. warm-up), "
                                   "purged" % (depth, result.accepted + args.warmup))
                 notes.append("client CPU %.0f%%" % (100 * result.client_cpu / result.wall))
+                notes += ["%s CPU %.0f%%" % (name, 100 * cpu / result.wall)
+                          for name, cpu in result.services_cpu.items()]
                 target.rounds.append(result)
                 print("%-5d %-44s %10.1f %8.1f %8.1f %7.0f%%  %s"
                       % (number, target.name, result.rate, result.percentile(50),
