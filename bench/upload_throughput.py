@@ -1,13 +1,13 @@
-"""Upload throughput: uploads per second answered 202, three servers side by side.
+"""Upload throughput: uploads per second answered 202, four servers side by side.
 
-    .venv/bin/python bench/upload_throughput.py [--count 1000] [--concurrency 16]
+    .venv/bin/python bench/upload_throughput.py [--seconds 8] [--concurrency 32]
                                                 [--size-kb 100] [--rounds 3]
 
 Targets, each its own OS process on a free port of 127.0.0.1:
 
   (a) bare     a Tornado handler that only streams in and parses the multipart
                upload (stream_request_body into one buffer + parse_multipart, as
-               handlers/upload.py reads it) and answers 202: the ceiling.
+               handlers/upload.py reads it) and answers 202: the first ceiling.
   (b) embedded server.py --role=all on embedded defaults: in-process broker,
                SQLite in a temp dir.  The in-process broker only allows every
                role in one process, so the processor and the notifier run in
@@ -15,13 +15,20 @@ Targets, each its own OS process on a free port of 127.0.0.1:
   (c) services server.py --role=web against RabbitMQ + PostgreSQL (a fresh
                database and a fresh AMQP name prefix, both removed at the end);
                no processor runs, so this is accept-only.
+  (d) publish  (a), then a persistent publish on one confirm-mode channel,
+               answered 202 at its confirm, every request's publish outstanding
+               at once: the broker's own limit, the second ceiling.
 
-The load generator is this process: C keep-alive connections on raw asyncio
-sockets, each sending the same multipart request (a JPEG made here with Pillow)
-until ``--count`` requests have been sent.  Every target gets ``--warmup``
-requests first, in every round.  Rounds alternate the order of the targets
-(a b c, c b a, ...); the table reports the median round per target, and the
-best.  Figures only: nothing here asserts on time.
+The headline ratios are (c)/(a) (target >= 0.5) and (c)/(d) (target >= 0.9).
+
+The load generator is wrk where it is installed (one thread, ``--concurrency``
+connections, ``--seconds`` per run, a Lua script POSTing the same multipart
+request: a JPEG made here with Pillow), else (or with ``--client python``) this
+process: keep-alive connections on raw asyncio sockets until ``--count``
+requests have been sent.  Every target gets ``--warmup`` requests first, in
+every round.  Rounds alternate the order of the targets (a b c d, d c b a, ...);
+the table reports the median round per target, and the best.  Figures only:
+nothing here asserts on time.
 
 Everything started is stopped and removed on the way out, also on error,
 Ctrl-C or SIGTERM: the servers, the temp dir, the database, the AMQP objects.
