@@ -1,12 +1,16 @@
 """Accepting uploads: read the request, hand the bytes to the broker, answer 202.
 
 ``accept_upload`` is the one use case behind every route that takes an upload
-(``POST /api/images``, the seed's ``POST /``, the operator's requeue): record
-the upload, publish it, and answer ``202`` only once the broker confirmed it.
-When the broker does not (no connection, nack, return, timeout) the upload's row
-is marked ``refused`` (a requeued one goes back to its dead letter) before the
-``503``: should the message reach the processor after all (a confirm that timed
-out), the processor drops it.  An upload is either safely in the broker or
+(``POST /api/images``, the seed's ``POST /``, the operator's requeue): publish
+the upload, and answer ``202`` only once the broker confirmed it.  Nothing is
+written to the database for a new upload: its request id is one the service
+recognises (``uploads.RequestIds``), so the status route answers ``queued`` for
+it until the processor writes its row.  When the broker does not confirm (nack,
+return, timeout, a connection lost) a ``refused`` row is written, unless the
+processor's row is there already (a requeued upload goes back to its dead
+letter), before the ``503``: should the message reach the processor after all
+(a confirm that timed out), the processor drops it.  While the broker is not
+connected an upload is refused before it gets a request id, writing nothing.  An upload is either safely in the broker or
 refused, never both; when even the refusal cannot be written (the database is
 down too) the answer is ``504``, "outcome unknown", naming the status to follow,
 and the refusal is written as soon as the database answers.
