@@ -1,6 +1,7 @@
 # make run   -- start Photo App on its embedded defaults (http://localhost:5000/)
 # make test  -- run the test suite
-# Both create .venv and install the dependencies the first time.
+# make bench -- run every benchmark and print one table of ratios (bench/README.md)
+# All three create .venv and install the dependencies the first time.
 
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +16,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
-	$(BIN)/python bench/upload_throughput.py $(ARGS)
+	$(BIN)/python bench/all.py $(ARGS)
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)

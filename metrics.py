@@ -31,6 +31,15 @@ def upload_outcome(status):
     return "rejected" if status < 500 else "refused"
 
 
+async def queue_depths(broker):
+    """``broker.depths()``, or None when the broker cannot say within DEPTHS_TIMEOUT."""
+    try:
+        return await asyncio.wait_for(broker.depths(), DEPTHS_TIMEOUT)
+    except Exception as exc:  # the callers answer whatever the broker's state
+        log.warning("queue depths unavailable: %s: %s", type(exc).__name__, exc)
+        return None
+
+
 class Metrics:
     def __init__(self):
         self.registry = registry = CollectorRegistry()
@@ -71,14 +80,16 @@ class Metrics:
     async def refresh_queues(self, broker):
         """Set the queue gauges from the broker's own counts; when the broker cannot
         say (not connected, too slow) they are left out rather than stale."""
-        try:
-            depths = await asyncio.wait_for(broker.depths(), DEPTHS_TIMEOUT)
-        except Exception as exc:  # a scrape answers whatever the broker's state
-            log.warning("queue depths unavailable: %s: %s", type(exc).__name__, exc)
-            depths = {}
+        depths = await queue_depths(broker)
         self.queue_messages.clear()
-        for queue, count in depths.items():
+        for queue, count in (depths or {}).items():
             self.queue_messages.labels(queue).set(count)
+
+    def cache_counts(self):
+        """This process's ``{result: image reads}`` through the cache (``CACHE_RESULTS``)."""
+        return {result: int(self.registry.get_sample_value(
+            "photo_app_cache_requests_total", {"result": result}) or 0)
+            for result in CACHE_RESULTS}
 
     def exposition(self):
         return generate_latest(self.registry)

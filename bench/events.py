@@ -31,7 +31,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-import common  # noqa: F401  (puts the repository on the import path)
+from common import report  # (importing common puts the repository on the import path)
 import pika
 import psycopg2
 import tornado.websocket
@@ -114,6 +114,8 @@ def main():
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--uploads", type=int, default=40)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--report", default=None, metavar="FILE",
+                        help="append the headline figures to FILE (bench/all.py)")
     args = parser.parse_args()
 
     name = "photo_bench_%s" % uuid.uuid4().hex[:8]
@@ -170,6 +172,10 @@ def main():
           "all %d sockets p50 %.1f ms, p99 %.1f ms"
           % (len(found), 1000 * statistics.median(first), 1000 * percentile(first, 0.99),
              args.sockets, 1000 * statistics.median(last), 1000 * percentile(last, 0.99)))
+    report(args.report, "events", "events/s fanned out to each of %d sockets" % args.sockets,
+           round(args.events / elapsed), "")
+    report(args.report, "events", "stored -> event on the last socket, p99 ms",
+           round(1000 * percentile(last, 0.99), 1), "")
 
 
 if __name__ == "__main__":

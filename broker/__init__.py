@@ -103,8 +103,14 @@ class Topology:
     def retry_key(delay):
         return "retry.%gs" % delay
 
+    def retry_queue(self, delay):
+        return "%s.%s" % (self.upload_queue, self.retry_key(delay))
+
     def delivery_queue(self, action):
         return "%sphoto-app.%s" % (self.prefix, action)
+
+    def delivery_retry_queue(self, action, delay):
+        return "%s.%s" % (self.delivery_queue(action), self.retry_key(delay))
 
     @classmethod
     def delivery_retry_key(cls, action, delay):
@@ -123,12 +129,27 @@ class Topology:
         return [spec for action in DELIVERY_ACTIONS for spec in [
             QueueSpec(self.delivery_queue(action), self.deliveries_exchange, (action,),
                       queue_type=self.queue_type),
-            *[QueueSpec("%s.%s" % (self.delivery_queue(action), self.retry_key(delay)),
+            *[QueueSpec(self.delivery_retry_queue(action, delay),
                         self.deliveries_retry_exchange,
                         (self.delivery_retry_key(action, delay),),
                         ttl=delay, dead_letter=(self.deliveries_exchange, action),
                         queue_type=self.queue_type)
               for delay in self.delivery_delays]]]
+
+    def described_queues(self):
+        """``[(queue name, what it holds, in words)]``, in the order of ``queues``."""
+        return [
+            (self.upload_queue, "uploads"),
+            *[(self.retry_queue(delay), "uploads to retry after %gs" % delay)
+              for delay in self.retry_delays],
+            (self.dead_queue, "dead letters to record"),
+            (self.notifications_queue, "notifications"),
+            (self.parked_queue, "parked messages"),
+            *[entry for action in DELIVERY_ACTIONS for entry in [
+                (self.delivery_queue(action), "%s deliveries" % action),
+                *[(self.delivery_retry_queue(action, delay),
+                   "%s retries after %gs" % (action, delay)) for delay in self.delivery_delays]]],
+        ]
 
     @property
     def exchanges(self):
@@ -143,8 +164,7 @@ class Topology:
         return [
             QueueSpec(self.upload_queue, self.upload_exchange, (UPLOAD_ROUTING_KEY,),
                       queue_type=kind),
-            *[QueueSpec("%s.%s" % (self.upload_queue, self.retry_key(delay)),
-                        self.retry_exchange, (self.retry_key(delay),),
+            *[QueueSpec(self.retry_queue(delay), self.retry_exchange, (self.retry_key(delay),),
                         ttl=delay, dead_letter=back_to_work, queue_type=kind)
               for delay in self.retry_delays],
             QueueSpec(self.dead_queue, self.dead_exchange, (DEAD_ROUTING_KEY,), queue_type=kind),

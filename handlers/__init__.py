@@ -13,6 +13,7 @@ import secrets
 import tornado.web
 
 from handlers.base import NotFoundHandler
+from handlers.dashboard import DashboardHandler, DashboardPageHandler
 from handlers.events import MAX_MESSAGE_SIZE, PING_INTERVAL, EventsHandler
 from handlers.failed import FailedListHandler, RequeueDeliveryHandler, RequeueHandler
 from handlers.health import HealthHandler, ReadyHandler
@@ -44,6 +45,7 @@ def web_routes(context):
         (r"/api/failed/(?P<request_id>[0-9a-zA-Z-]{1,64})/requeue", RequeueHandler, deps),
         (r"/api/failed/deliveries/(?P<delivery_id>[0-9]{1,18})/requeue", RequeueDeliveryHandler,
          deps),
+        (r"/api/dashboard", DashboardHandler, deps),
         (r"/api/openapi\.json", OpenApiHandler, deps),
         (r"/healthz", HealthHandler, deps),
         (r"/readyz", ReadyHandler, deps),
@@ -52,6 +54,7 @@ def web_routes(context):
         (r"/gallery", GalleryHandler, deps),
         (r"/photos/(?P<image_id>[0-9]{1,18})", PhotoHandler, deps),
         (r"/uploads/(?P<request_id>[0-9a-zA-Z-]{1,64})", UploadPageHandler, deps),
+        (r"/dashboard", DashboardPageHandler, deps),
         (r"/login", LoginHandler, deps),
         (r"/logout", LogoutHandler, deps),
         # the seed's routes (its POST / is IndexHandler's)

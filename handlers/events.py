@@ -8,9 +8,11 @@ keep up is dropped once ``MAX_PENDING`` frames wait to be written to it, so no
 client can grow the process's memory.
 """
 
+import collections
 import json
 import logging
 import urllib.parse
+from datetime import datetime, timezone
 
 import tornado.websocket
 
@@ -23,14 +25,17 @@ MAX_PENDING = 256          # frames queued for one client before it is dropped
 PING_INTERVAL = 25         # seconds (the application's websocket_ping_interval)
 MAX_MESSAGE_SIZE = 1024    # bytes a client may send (it has nothing to say)
 TOO_SLOW = 1013            # WebSocket close code "try again later"
+RECENT = 20                # events the hub keeps, newest first
 
 
 class EventHub:
-    """This process's sockets, and the events it hears for them."""
+    """This process's sockets, and the events it hears for them; the latest
+    ``RECENT`` it heard, with the time it heard each (for the dashboard)."""
 
     def __init__(self):
         self.clients = set()
         self.listeners = []  # functions of the process that act on events (the cache's)
+        self.recent = collections.deque(maxlen=RECENT)
 
     def on_message(self, message):
         try:
@@ -41,6 +46,9 @@ class EventHub:
             return
         if not isinstance(event, dict):
             return
+        if isinstance(event.get("event"), str):
+            self.recent.appendleft(dict(event, heard_at=datetime.now(timezone.utc).isoformat(
+                timespec="milliseconds")))
         for listener in self.listeners:
             listener(event)
         for client in list(self.clients):

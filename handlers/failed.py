@@ -34,11 +34,16 @@ class FailedListHandler(OperatorHandler):
                 "deliveries": {"type": "array", "items": ref("FailedDelivery")}}}),
         503: unavailable()}))
     async def get(self):
-        letters = await self.context.storage.list_dead_letters()
-        for letter in letters:
-            letter["requeue_url"] = "/api/failed/%s/requeue" % letter["request_id"]
-        self.write_json({"failed": letters,
-                         "deliveries": await failed_deliveries(self.context.storage)})
+        self.write_json(await failed_lists(self.context.storage))
+
+
+async def failed_lists(storage):
+    """``{"failed": dead-lettered uploads, "deliveries": failed deliveries}``, each
+    with the ``requeue_url`` that sends it again."""
+    letters = await storage.list_dead_letters()
+    for letter in letters:
+        letter["requeue_url"] = "/api/failed/%s/requeue" % letter["request_id"]
+    return {"failed": letters, "deliveries": await failed_deliveries(storage)}
 
 
 async def failed_deliveries(storage):

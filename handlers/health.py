@@ -31,18 +31,24 @@ class ReadyHandler(BaseHandler):
                           503: json_answer("the database or the broker is down", READY,
                                            RETRY_AFTER)})
     async def get(self):
-        checks = {}
-        try:
-            await self.context.storage.ping()
-            checks["database"] = "ok"
-        except StorageError as exc:
-            log.warning("request %s: readiness: the database is down: %s", self.request_id, exc)
-            checks["database"] = "down: not answering"
-        checks["broker"] = "ok" if self.context.broker.ready else "down: not connected"
-        checks["cache"] = ("ok" if await self.context.cache.ping()
-                           else "down (reads go to the database)")
+        checks = await backend_checks(self.context, self.request_id)
         down = [name for name in ("database", "broker") if checks[name] != "ok"]
         if down:
             self.set_header("Retry-After", "5")
         self.write_json({"status": "unavailable: " + ", ".join(down) if down else "ok",
                          "checks": checks}, status=503 if down else 200)
+
+
+async def backend_checks(context, request_id):
+    """``{"database", "broker", "cache"}``: ``"ok"``, or what is wrong, in words."""
+    checks = {}
+    try:
+        await context.storage.ping()
+        checks["database"] = "ok"
+    except StorageError as exc:
+        log.warning("request %s: readiness: the database is down: %s", request_id, exc)
+        checks["database"] = "down: not answering"
+    checks["broker"] = "ok" if context.broker.ready else "down: not connected"
+    checks["cache"] = ("ok" if await context.cache.ping()
+                       else "down (reads go to the database)")
+    return checks

@@ -542,6 +542,341 @@
     });
   }
 
+  // -- the operations dashboard ------------------------------------------------
+  // Loads GET /api/dashboard and reads it again on each event of the socket (at
+  // most once every REFRESH_MIN ms) and every REFRESH_EVERY ms; draws the chart as
+  // plain SVG.  Its requeue forms post with their XSRF token, without leaving the page.
+
+  var SVG = "http://www.w3.org/2000/svg";
+  var REFRESH_MIN = 1000, REFRESH_EVERY = 5000;
+  var SERIES = ["accepted", "stored", "failed"];
+  var CHART = {width: 760, height: 220, left: 40, right: 8, top: 10, bottom: 24};
+
+  function svg(tag, attributes, text) {
+    var node = document.createElementNS(SVG, tag);
+    for (var name in attributes) { node.setAttribute(name, String(attributes[name])); }
+    if (text !== undefined) { node.textContent = String(text); }
+    return node;
+  }
+
+  function clock(iso) {
+    var moment = new Date(iso);
+    return isNaN(moment.getTime()) ? "" : moment.toISOString().slice(11, 19);
+  }
+
+  function seconds(value) {
+    if (value === null || value === undefined) { return "–"; }
+    return value < 1 ? Math.round(value * 1000) + " ms" : value.toFixed(value < 10 ? 2 : 1) + " s";
+  }
+
+  function niceMax(value) {
+    var step = Math.pow(10, Math.floor(Math.log10(Math.max(value, 1))));
+    var ceiling = [1, 2, 5, 10].map(function (k) { return k * step; })
+      .filter(function (v) { return v >= value; })[0];
+    return Math.max(ceiling, 4);
+  }
+
+  function Dashboard(root) {
+    this.root = root;
+    this.url = root.getAttribute("data-snapshot-url");
+    this.xsrf = root.getAttribute("data-xsrf");
+    this.chart = document.getElementById("throughput");
+    this.requeued = {};  // request id -> its row in "Sent again"
+    this.loading = false;
+    this.again = false;
+    this.last = 0;
+    var self = this;
+    live.on(function (event) {
+      if (/^image\./.test(event.event)) {
+        self.follow(event);
+        self.refresh();
+      } else if (event.event === "live.open") {
+        self.refresh();
+      }
+    });
+    setInterval(function () { if (!document.hidden) { self.refresh(); } }, REFRESH_EVERY);
+    this.refresh();
+  }
+
+  // Read the snapshot now, or once REFRESH_MIN has passed since the last read.
+  Dashboard.prototype.refresh = function () {
+    var self = this, wait = this.last + REFRESH_MIN - Date.now();
+    if (this.loading || wait > 0) {
+      if (!this.again) {
+        this.again = true;
+        setTimeout(function () { self.again = false; self.refresh(); }, Math.max(wait, 50));
+      }
+      return;
+    }
+    this.loading = true;
+    this.last = Date.now();
+    fetch(this.url, {headers: {Accept: "application/json"}, cache: "no-store",
+                     credentials: "same-origin"}).then(function (response) {
+      if (response.status === 401) {
+        location.assign("/login?next=/dashboard");
+        return null;
+      }
+      if (!response.ok) { throw new Error("HTTP " + response.status); }
+      return response.json();
+    }).then(function (snapshot) {
+      if (snapshot) { self.show(snapshot); }
+    }).catch(function (error) {
+      document.getElementById("dash-updated").textContent =
+        "The figures could not be read (" + error.message + "); trying again.";
+    }).then(function () { self.loading = false; });
+  };
+
+  Dashboard.prototype.show = function (snapshot) {
+    var totals = snapshot.totals || {};
+    SERIES.forEach(function (what) {
+      document.getElementById("count-" + what).textContent =
+        totals[what] === undefined ? "–" : String(totals[what]);
+    });
+    var processing = snapshot.processing_seconds || {};
+    document.getElementById("processing-p50").textContent = seconds(processing.p50);
+    document.getElementById("processing-p95").textContent = seconds(processing.p95);
+    document.getElementById("processing-count").textContent =
+      processing.count ? "over " + processing.count + " stored uploads" : "nothing stored this hour";
+    var cache = snapshot.cache;
+    document.getElementById("cache-ratio").textContent =
+      cache.hit_ratio === null ? "–" : Math.round(cache.hit_ratio * 100) + "%";
+    document.getElementById("cache-counts").textContent =
+      cache.scope + ": " + cache.hits + " hits, " + cache.misses + " misses" +
+      (cache.errors ? ", " + cache.errors + " errors" : "");
+    this.drawChart(snapshot.minutes);
+    this.showQueues(snapshot.queues);
+    this.showHealth(snapshot.health);
+    this.showEvents(snapshot.events);
+    this.showFailed(snapshot.failed, snapshot.deliveries);
+    document.getElementById("dash-updated").textContent =
+      (live.open ? "Live" : "Checking every few seconds") + " · figures of " +
+      clock(snapshot.generated_at) + " UTC";
+  };
+
+  Dashboard.prototype.drawChart = function (minutes) {
+    var chart = this.chart, c = CHART;
+    chart.textContent = "";
+    if (!minutes) {
+      chart.appendChild(svg("text", {x: c.width / 2, y: c.height / 2, "class": "chart-note",
+                                     "text-anchor": "middle"}, "The database is not answering."));
+      return;
+    }
+    var top = niceMax(Math.max.apply(null, minutes.map(function (m) {
+      return Math.max(m.accepted, m.stored, m.failed);
+    })));
+    var plotWidth = c.width - c.left - c.right, plotHeight = c.height - c.top - c.bottom;
+    var slot = plotWidth / minutes.length, bar = Math.max(1, (slot - 2) / SERIES.length);
+    [0, top / 2, top].forEach(function (value) {
+      var y = c.top + plotHeight - plotHeight * value / top;
+      chart.appendChild(svg("line", {x1: c.left, x2: c.width - c.right, y1: y, y2: y,
+                                     "class": value ? "grid-line" : "axis"}));
+      chart.appendChild(svg("text", {x: c.left - 6, y: y + 4, "text-anchor": "end",
+                                     "class": "tick"}, value));
+    });
+    minutes.forEach(function (minute, index) {
+      var x = c.left + index * slot + 1;
+      var group = svg("g", {"class": "minute", "data-minute": minute.minute});
+      group.appendChild(svg("title", {}, clock(minute.minute).slice(0, 5) + " UTC: " +
+                            minute.accepted + " accepted, " + minute.stored + " stored, " +
+                            minute.failed + " failed"));
+      group.appendChild(svg("rect", {x: x - 1, y: c.top, width: slot, height: plotHeight,
+                                     "class": "hover"}));
+      SERIES.forEach(function (what, k) {
+        var height = plotHeight * minute[what] / top;
+        group.appendChild(svg("rect", {x: x + k * bar, y: c.top + plotHeight - height,
+                                       width: bar, height: height, "class": "bar " + what,
+                                       "data-series": what, "data-count": minute[what]}));
+      });
+      if (index % 15 === 0 || index === minutes.length - 1) {
+        group.appendChild(svg("text", {x: x + slot / 2, y: c.height - 6, "text-anchor": "middle",
+                                       "class": "tick"},
+                              index === minutes.length - 1 ? "now" :
+                              clock(minute.minute).slice(0, 5)));
+      }
+      chart.appendChild(group);
+    });
+  };
+
+  Dashboard.prototype.showQueues = function (queues) {
+    var body = document.getElementById("queues");
+    body.textContent = "";
+    queues.forEach(function (queue) {
+      var row = el("tr");
+      row.setAttribute("data-queue", queue.queue);
+      var name = el("td");
+      name.appendChild(el("span", "holds", queue.holds));
+      name.appendChild(el("code", "queue-name", queue.queue));
+      row.appendChild(name);
+      var count = el("td", "number" + (queue.messages ? " busy" : ""),
+                     queue.messages === null ? "unknown" : queue.messages);
+      row.appendChild(count);
+      body.appendChild(row);
+    });
+  };
+
+  Dashboard.prototype.showHealth = function (health) {
+    var list = document.getElementById("health");
+    list.textContent = "";
+    ["database", "broker", "cache"].forEach(function (name) {
+      var item = el("li");
+      item.setAttribute("data-backend", name);
+      var ok = health[name] === "ok";
+      item.appendChild(el("span", "badge " + (ok ? "status-stored" : "status-failed"),
+                          ok ? "ok" : "down"));
+      item.appendChild(el("span", "backend", name));
+      if (!ok) { item.appendChild(el("span", "why", health[name])); }
+      list.appendChild(item);
+    });
+  };
+
+  Dashboard.prototype.showEvents = function (events) {
+    var list = document.getElementById("events");
+    list.textContent = "";
+    if (!events.length) { list.appendChild(el("li", "empty", "No events heard yet.")); }
+    events.forEach(function (event) {
+      var item = el("li");
+      item.appendChild(el("time", null, clock(event.heard_at)));
+      var kind = event.event.replace(/^image\./, "");
+      item.appendChild(el("span", "badge status-" + (kind === "uploaded" ? "stored" : kind), kind));
+      if (event.nickname) { item.appendChild(el("span", "who", event.nickname)); }
+      if (event.image_id && kind !== "deleted") {
+        var link = el("a", null, "photo " + event.image_id);
+        link.href = "/photos/" + encodeURIComponent(event.image_id);
+        item.appendChild(link);
+      } else if (event.image_id) {
+        item.appendChild(el("span", null, "photo " + event.image_id));
+      }
+      if (event.error) { item.appendChild(el("span", "why", event.error)); }
+      list.appendChild(item);
+    });
+  };
+
+  Dashboard.prototype.showFailed = function (letters, deliveries) {
+    var self = this;
+    var table = document.getElementById("dead-letters");
+    table.textContent = "";
+    if (letters === null) {
+      table.appendChild(this.emptyRow("The database is not answering.", 6));
+    } else if (!letters.length) {
+      table.appendChild(this.emptyRow("None: every upload was stored or failed for good.", 6));
+    }
+    (letters || []).forEach(function (letter) {
+      var row = el("tr");
+      row.setAttribute("data-request-id", letter.request_id);
+      row.appendChild(self.cell(el("code", null, letter.request_id)));
+      row.appendChild(el("td", "who", letter.nickname));
+      row.appendChild(el("td", null, (letter.filename || "(no name)") + ", " +
+                                     humanSize(letter.size)));
+      row.appendChild(el("td", "why", letter.error || ""));
+      row.appendChild(el("td", null, when(letter.created_at)));
+      row.appendChild(self.cell(self.requeueForm(letter.requeue_url, letter.request_id,
+                                                 letter.nickname)));
+      table.appendChild(row);
+    });
+    table = document.getElementById("deliveries");
+    table.textContent = "";
+    if (deliveries !== null && !deliveries.length) {
+      table.appendChild(this.emptyRow("None.", 6));
+    }
+    (deliveries || []).forEach(function (delivery) {
+      var row = el("tr");
+      row.setAttribute("data-delivery-id", String(delivery.id));
+      row.appendChild(el("td", null, delivery.action));
+      row.appendChild(self.cell(el("code", null, delivery.target)));
+      row.appendChild(el("td", null, delivery.event));
+      row.appendChild(el("td", null, delivery.status + ", " + delivery.tries + " tries"));
+      row.appendChild(el("td", "why", delivery.last_error || ""));
+      row.appendChild(self.cell(self.requeueForm(delivery.requeue_url, null,
+                                                 delivery.action + " to " + delivery.target)));
+      table.appendChild(row);
+    });
+  };
+
+  Dashboard.prototype.cell = function (child) {
+    var cell = el("td");
+    cell.appendChild(child);
+    return cell;
+  };
+
+  Dashboard.prototype.emptyRow = function (words, span) {
+    var row = el("tr", "empty"), cell = el("td", null, words);
+    cell.colSpan = span;
+    row.appendChild(cell);
+    return row;
+  };
+
+  // A form that posts with the page's XSRF token (it works as a plain form too).
+  Dashboard.prototype.requeueForm = function (url, requestId, what) {
+    var self = this;
+    var form = el("form", "requeue");
+    form.method = "post";
+    form.action = url;
+    var token = el("input");
+    token.type = "hidden";
+    token.name = "_xsrf";
+    token.value = this.xsrf;
+    var button = el("button", null, "Send again");
+    button.type = "submit";
+    form.appendChild(token);
+    form.appendChild(button);
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      button.disabled = true;
+      // Events of this upload heard so far are of its earlier attempts, not this one.
+      var heard = requestId ? (live.byRequest[requestId] || []).length : 0;
+      fetch(url, {method: "POST", credentials: "same-origin",
+                  headers: {Accept: "application/json",
+                            "Content-Type": "application/x-www-form-urlencoded"},
+                  body: new URLSearchParams(new FormData(form)).toString()})
+        .then(function (response) {
+          return response.json().catch(function () { return {}; }).then(function (body) {
+            if (response.status === 202) {
+              self.sentAgain(requestId, what, body.status || "queued", heard);
+              self.refresh();
+            } else {
+              button.disabled = false;
+              button.textContent = "Not sent (" + (body.error || "HTTP " + response.status) +
+                                   "); try again";
+            }
+          });
+        }, function () {
+          button.disabled = false;
+          button.textContent = "Not sent (no answer); try again";
+        });
+    });
+    return form;
+  };
+
+  // "Sent again": what was requeued from this page, following the socket to the end.
+  Dashboard.prototype.sentAgain = function (requestId, what, status, heard) {
+    var list = document.getElementById("requeued");
+    var empty = list.querySelector(".empty");
+    if (empty) { empty.remove(); }
+    var item = el("li");
+    var badge = el("span", "badge status-" + status, status);
+    item.appendChild(badge);
+    if (requestId) {
+      item.setAttribute("data-request-id", requestId);
+      item.appendChild(el("code", null, requestId));
+      this.requeued[requestId] = badge;
+    }
+    item.appendChild(el("span", "who", what));
+    list.insertBefore(item, list.firstChild);
+    var known = requestId ? live.byRequest[requestId] || [] : [];
+    for (var i = heard; i < known.length; i++) { this.follow(known[i]); }
+  };
+
+  Dashboard.prototype.follow = function (event) {
+    var badge = this.requeued[event.request_id];
+    if (!badge) { return; }
+    var status = {"image.processing": "processing", "image.uploaded": "stored",
+                  "image.failed": "failed"}[event.event];
+    if (!status || badge.textContent === "stored" || badge.textContent === "failed") { return; }
+    badge.className = "badge status-" + status;
+    badge.textContent = status;
+    badge.parentNode.setAttribute("data-status", status);
+  };
+
   document.addEventListener("DOMContentLoaded", function () {
     var form = document.getElementById("upload-form");
     if (form) { new UploadForm(form); }
@@ -549,6 +884,8 @@
     for (var i = 0; i < grids.length; i++) { new LiveGrid(grids[i]); }
     var photo = document.querySelector("[data-photo-id]");
     if (photo) { new PhotoPage(photo); }
-    if (form || grids.length || photo) { live.start(); }
+    var dashboard = document.getElementById("dashboard");
+    if (dashboard) { new Dashboard(dashboard); }
+    if (form || grids.length || photo || dashboard) { live.start(); }
   });
 }());

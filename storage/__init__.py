@@ -92,6 +92,15 @@ class Storage:
         """End an upload ``failed`` with ``reason`` (never overrides ``stored``)."""
         raise NotImplementedError
 
+    async def upload_activity(self, since, sample):
+        """What uploads did since ``since`` (ISO 8601), for the dashboard, by UTC
+        minute (``"2026-12-02T05:01"``): ``accepted`` (rows by ``created_at``, the
+        time the web tier accepted the upload, refused ones left out), ``stored``
+        and ``failed`` (rows whose status that is, by ``updated_at``, when they got
+        there); and ``stored_seconds``, accepted-to-stored seconds of the last
+        ``sample`` uploads stored since then, newest first."""
+        raise NotImplementedError
+
     async def store_image(self, request_id, image):
         """Store ``image`` (a NewImage) and its thumbnails and mark the upload
         ``stored``, in one transaction; None, storing nothing, when the upload's

@@ -99,6 +99,7 @@ class PostgresStorage(SQLStorage):
     column_types = {"id_column": "BIGSERIAL PRIMARY KEY",
                     "timestamp": "TIMESTAMPTZ", "blob": "BYTEA"}
     driver_errors = CONNECTION_ERRORS
+    minute_sql = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI')"
 
     def __init__(self, url, pool_size=8):
         super().__init__(pool_size)

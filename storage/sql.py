@@ -306,6 +306,31 @@ class SQLStorage(Storage):
             return self._get_upload(cursor, request_id)
         return await self._run(update, write=True)
 
+    # The SQL of a timestamp column's UTC minute, "YYYY-MM-DDTHH:MM" (a backend's own).
+    minute_sql = None
+
+    async def upload_activity(self, since, sample):
+        minute = self.minute_sql
+
+        def select(cursor):
+            activity = {"accepted": {}, "stored": {}, "failed": {}}
+            for row in self._execute(cursor, "SELECT %s, COUNT(*) FROM uploads WHERE "
+                                     "created_at >= %%s AND status <> %%s GROUP BY 1"
+                                     % minute.format("created_at"), (since, REFUSED)):
+                activity["accepted"][row[0]] = row[1]
+            for row in self._execute(cursor, "SELECT status, %s, COUNT(*) FROM uploads WHERE "
+                                     "updated_at >= %%s AND status IN (%%s, %%s) GROUP BY 1, 2"
+                                     % minute.format("updated_at"), (since, STORED, FAILED)):
+                activity[row[0]][row[1]] = row[2]
+            rows = self._execute(cursor, "SELECT created_at, updated_at FROM uploads WHERE "
+                                 "status = %s AND updated_at >= %s ORDER BY updated_at DESC "
+                                 "LIMIT %s", (STORED, since, sample)).fetchall()
+            activity["stored_seconds"] = [
+                (datetime.fromisoformat(iso(updated)) - datetime.fromisoformat(iso(created)))
+                .total_seconds() for created, updated in rows]
+            return activity
+        return await self._run(select)
+
     # -- images -----------------------------------------------------------
 
     async def store_image(self, request_id, image):

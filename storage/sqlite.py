@@ -70,6 +70,8 @@ class SQLiteStorage(SQLStorage):
     db_type = "sqlite"
     column_types = {"id_column": "INTEGER PRIMARY KEY AUTOINCREMENT",
                     "timestamp": "TEXT", "blob": "BLOB"}
+    # Timestamps are ISO 8601 text in UTC (``storage.sql.utc_now``).
+    minute_sql = "substr({}, 1, 16)"
     # DatabaseError covers "file is not a database"; OSError a directory that cannot be made.
     driver_errors = (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)
     # Subclasses of DatabaseError that are the caller's fault, not an unavailable database.

@@ -131,6 +131,18 @@ class Proc:
                 self.popen.wait(5)
 
 
+def split_deployment(spawn, env, webs=2):
+    """Start ``webs`` web processes, a processor and a notifier, each its own process
+    on RabbitMQ (``spawn``: the conftest fixture); return the web processes' ports."""
+    ports = [free_port() for _ in range(webs)]
+    for n, port in enumerate(ports):
+        spawn("web-%d" % n, ["server.py", "--role=web", "--port", str(port)], env,
+              ready=WEB_READY + RABBIT_READY)
+    spawn("processor", ["-m", "consumers.processor"], env, ready=RABBIT_READY)
+    spawn("notifier", ["-m", "consumers.notifier"], env, ready=RABBIT_READY)
+    return ports
+
+
 def wait_until(check, timeout, message, interval=0.1):
     deadline = time.monotonic() + timeout
     while True:

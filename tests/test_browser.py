@@ -297,3 +297,78 @@ def test_without_the_socket_the_page_says_so_and_polls(server, watched, tmp_path
     page.click("button[type=submit]")
     expect()(page.locator("#uploads .upload .badge")).to_have_text("stored", timeout=TIMEOUT)
     assert [url for url in requests if "/api/uploads/" in url], requests
+
+
+def test_the_dashboard_moves_with_an_upload_and_sends_a_dead_letter_again(
+        server, watched, tmp_path, screenshots):
+    import asyncio
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    from storage.sqlite import SQLiteStorage
+    from tests.processes import upload
+
+    token = "dashboard-browser-token"
+    base = server(API_TOKEN=token)
+    # A dead letter, recorded in the server's database as the dead-letter recorder does.
+    letter_id = uuid.uuid4().hex
+
+    async def record():
+        storage = SQLiteStorage(str(tmp_path / "photos.db"))
+        try:
+            await storage.record_dead_letter(
+                letter_id, "unlucky", "again.png", "image/png",
+                photo_file(tmp_path, "again.png", "PNG", (90, 60), 8).read_bytes(), 3,
+                "gave up after 3 attempts: StorageError: the database went away")
+        finally:
+            await storage.close()
+    with ThreadPoolExecutor(1) as thread:  # Playwright's loop runs in this one
+        thread.submit(asyncio.run, record()).result()
+
+    page = watched.page
+    sockets = []
+    page.on("websocket", lambda socket: sockets.append(socket.url))
+    page.goto(base + "/dashboard")
+    page.wait_for_url(base + "/login?next=/dashboard")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/dashboard")
+    expect()(page.locator("#dash-updated")).to_contain_text("Live · figures of")
+    row = page.locator('#dead-letters tr[data-request-id="%s"]' % letter_id)
+    expect()(row.locator(".who")).to_have_text("unlucky")
+    expect()(page.locator("#count-accepted")).to_have_text("1")  # the dead letter's upload
+    expect()(page.locator("#count-failed")).to_have_text("1")
+    expect()(page.locator("#count-stored")).to_have_text("0")
+    expect()(page.locator('#health li[data-backend="database"] .badge')).to_have_text("ok")
+
+    def chart_total(series):
+        return page.evaluate("(series) => [...document.querySelectorAll("
+                             "'#throughput rect.bar.' + series)].reduce("
+                             "(sum, bar) => sum + Number(bar.dataset.count), 0)", series)
+    assert page.locator("#throughput g.minute").count() == 60
+    assert (chart_total("accepted"), chart_total("stored")) == (1, 0)
+
+    # A new upload moves the counters and the chart, from the socket's events.
+    status, answer = upload(int(base.rsplit(":", 1)[1]),
+                            photo_file(tmp_path, "new.jpg", "JPEG", (200, 150), 9).read_bytes(),
+                            nickname=EVIL)  # shown as text, runs nothing
+    assert status == 202
+    expect()(page.locator("#count-stored")).to_have_text("1")
+    expect()(page.locator("#count-accepted")).to_have_text("2")
+    assert (chart_total("accepted"), chart_total("stored"), chart_total("failed")) == (2, 1, 1)
+    expect()(page.locator("#events li").first).to_contain_text("uploaded")
+    expect()(page.locator("#events li").first.locator(".who")).to_have_text(EVIL)
+    page.wait_for_function("() => document.querySelectorAll('#queues tr').length > 5")
+
+    page.screenshot(path=screenshots("dashboard-dead-letter.png"), full_page=True)
+
+    # The dead letter, sent again with its button, ends stored.
+    row.locator("button", has_text="Send again").click()
+    sent = page.locator('#requeued li[data-request-id="%s"]' % letter_id)
+    expect()(sent.locator(".badge")).to_have_text("stored")
+    expect()(row).to_have_count(0)
+    expect()(page.locator("#count-stored")).to_have_text("2")
+    expect()(page.locator("#count-failed")).to_have_text("0")
+    page.screenshot(path=screenshots("dashboard.png"), full_page=True)
+    assert sockets == [base.replace("http://", "ws://") + "/api/events"]
+    assert watched.dialogs == [] and watched.errors == [], watched.errors

@@ -12,9 +12,9 @@ import tornado.websocket
 
 from broker import Message
 from handlers.events import MAX_PENDING
-from tests.conftest import AMQP_URL, free_port
+from tests.conftest import AMQP_URL
 from tests.helpers import make_image, post_upload
-from tests.processes import RABBIT_READY, WEB_READY, process_env, upload
+from tests.processes import process_env, split_deployment, upload
 
 EVENT_FIELDS = {"event", "request_id", "image_id", "nickname"}
 
@@ -158,12 +158,7 @@ async def test_a_client_that_does_not_keep_up_is_dropped_and_the_others_are_not(
 def test_every_web_process_sees_every_event(postgres_url, amqp_prefix, spawn):
     env = process_env(DATABASE_URL=postgres_url, AMQP_URL=AMQP_URL, AMQP_PREFIX=amqp_prefix,
                       CACHE="none")
-    ports = [free_port(), free_port()]
-    for n, port in enumerate(ports):
-        spawn("web-%d" % n, ["server.py", "--role=web", "--port", str(port)], env,
-              ready=WEB_READY + RABBIT_READY)
-    spawn("processor", ["-m", "consumers.processor"], env, ready=RABBIT_READY)
-    spawn("notifier", ["-m", "consumers.notifier"], env, ready=RABBIT_READY)
+    ports = split_deployment(spawn, env)
 
     async def run():
         sockets = [await tornado.websocket.websocket_connect(
