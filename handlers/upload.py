@@ -10,10 +10,11 @@ return, timeout, a connection lost) a ``refused`` row is written, unless the
 processor's row is there already (a requeued upload goes back to its dead
 letter), before the ``503``: should the message reach the processor after all
 (a confirm that timed out), the processor drops it.  While the broker is not
-connected an upload is refused before it gets a request id, writing nothing.  An upload is either safely in the broker or
-refused, never both; when even the refusal cannot be written (the database is
-down too) the answer is ``504``, "outcome unknown", naming the status to follow,
-and the refusal is written as soon as the database answers.
+connected an upload is refused before it gets a request id, writing nothing.
+An upload is either safely in the broker or refused, never both; when even the
+refusal cannot be written (the database is down too) the answer is ``504``,
+"outcome unknown", naming the status to follow, and the refusal is written as
+soon as the database answers.
 
 ``UploadBody`` is the body-reading part, composed into the handlers of the
 upload routes: the body streams into one buffer sized from ``Content-Length``

@@ -158,7 +158,8 @@ async def test_an_accepted_upload_is_queued_before_any_row_is_written(http_clien
         assert response.headers["X-Request-Id"] == request_id
         await eventually(lambda: storage.waiting == 1)  # the processor has it, held
         assert await storage.inner.get_upload(request_id) is None
-        queued = json.loads((await http_client.fetch(base_url + "/api/uploads/" + request_id)).body)
+        answer = await http_client.fetch(base_url + "/api/uploads/" + request_id)
+        queued = json.loads(answer.body)
         assert {k: queued[k] for k in ("request_id", "nickname", "status", "image_id",
                                        "attempts")} \
             == {"request_id": request_id, "nickname": None, "status": "queued",
