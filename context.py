@@ -14,6 +14,7 @@ from handlers.events import EventHub
 from imaging.workers import ImageWorkers
 from metrics import Metrics
 from storage import open_storage
+from uploads import RequestIds
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ class Context:
     broker: object
     # Where the processor's Pillow work runs (IMAGE_POOL, IMAGE_WORKERS).
     image_workers: ImageWorkers
+    # Issues and recognises the upload request ids, under the database's key.
+    request_ids: RequestIds
     # This process's Prometheus metrics (metrics.py).
     metrics: Metrics = field(default_factory=Metrics)
     # This process's WebSocket clients and the events it hears for them (web role).
@@ -40,6 +43,7 @@ async def open_context(config):
     storage = open_storage(config)
     log.info("database: %s", storage.describe())
     await storage.migrate()
+    request_ids = RequestIds(await storage.request_id_secret())
     cache = open_cache(config)
     log.info("cache: %s", cache.describe())
     metrics = Metrics()
@@ -47,7 +51,8 @@ async def open_context(config):
     log.info("broker: %s", broker.describe())
     await broker.start()
     workers = ImageWorkers(config.image_workers, config.image_pool)
-    context = Context(config, storage, cache, broker, workers, metrics=metrics)
+    context = Context(config, storage, cache, broker, workers, request_ids,
+                      metrics=metrics)
     if "web" in config.roles:
         context.events.listeners.append(lambda event: forget_deleted(context, event))
         broker.subscribe(broker.topology.events_exchange, EVENT_KEYS, context.events.on_message,

@@ -7,11 +7,20 @@ message contract is in the README ("Message contracts"): exchange
 ``image-processing``, routing key ``image-processing-queue``, the raw bytes as
 body, ``message_id`` = request id, ``content_type`` = the sniffed mime type,
 headers ``nickname``, ``filename`` and ``size``.
+
+``RequestIds`` issues the web tier's request ids and recognises them: an upload
+answered ``202`` has no row in the database until the processor begins it, and
+its status is known from the id alone until then.
 """
 
+import hmac
+import os
+import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 MAX_NICKNAME = 100
+ISSUED_FORM = re.compile(r"[0-9a-f]{32}")
 MAX_REQUEST_ID = 200
 # Characters that reorder the text around them (bidirectional overrides and isolates).
 BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -64,6 +73,42 @@ def clean_nickname(value):
     if has_control_characters(nickname):
         raise InvalidUpload("nickname contains control characters")
     return nickname
+
+
+class RequestIds:
+    """Request ids this service can recognise as its own: 32 lowercase hex digits
+    (the form of a uuid4 hex) made of the accept time in milliseconds (6 bytes),
+    6 random bytes and a tag (4 bytes of an HMAC-SHA256 of the first 12 under
+    ``secret``).  Every process sharing the database shares the secret (kept in
+    it, ``Storage.request_id_secret``), so any of them recognises an id issued by
+    another.  A made-up id passes with odds of one in 2**32; all it gets then is
+    a ``queued`` status for an upload that does not exist."""
+
+    TIME, RANDOM, TAG = 6, 6, 4
+
+    def __init__(self, secret):
+        self._secret = secret.encode() if isinstance(secret, str) else secret
+
+    def _tag(self, head):
+        return hmac.digest(self._secret, head, "sha256")[:self.TAG]
+
+    def issue(self):
+        head = (int(datetime.now(timezone.utc).timestamp() * 1000).to_bytes(self.TIME, "big")
+                + os.urandom(self.RANDOM))
+        return (head + self._tag(head)).hex()
+
+    def accepted_at(self, request_id):
+        """When an id issued here was issued (ISO 8601, UTC, as the database keeps
+        times); None for any other id."""
+        if not ISSUED_FORM.fullmatch(request_id):
+            return None
+        raw = bytes.fromhex(request_id)
+        head, tag = raw[:-self.TAG], raw[-self.TAG:]
+        if not hmac.compare_digest(tag, self._tag(head)):
+            return None
+        millis = int.from_bytes(head[:self.TIME], "big")
+        return datetime.fromtimestamp(millis / 1000, timezone.utc).isoformat(
+            timespec="microseconds")
 
 
 @dataclass

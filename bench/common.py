@@ -1,7 +1,8 @@
 """What the benchmarks share beyond the test suite's process, HTTP and multipart
 plumbing (tests/processes.py, tests/helpers.py, which they use): the import
 path (importing this module puts the repository on it), a process's (or a process
-tree's) CPU time, and the figures for bench/all.py's table."""
+tree's) CPU time, that of the services' processes (found by name), and the
+figures for bench/all.py's table."""
 
 import os
 import sys
@@ -46,6 +47,26 @@ def process_tree_cpu_seconds(pid):
             continue
         todo.extend(parents.get(current, ()))
     return total
+
+
+def processes_named(name):
+    """The pids of the processes whose command name (``/proc/PID/comm``) is ``name``
+    (``beam.smp``: RabbitMQ; ``postgres``: PostgreSQL's server and backends)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/comm" % entry) as comm:
+                    if comm.read().strip() == name:
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def cpu_seconds_of(name):
+    """The CPU seconds used so far by every process named ``name`` (see processes_named)."""
+    return sum(process_cpu_seconds(pid) for pid in processes_named(name))
 
 
 def report(path, bench, measure, value, target):

@@ -54,6 +54,12 @@ class _Callback:
             self.future.set_result(args[-1] if args else None)
 
 
+def _expire(future, timeout):
+    if not future.done():
+        future.set_exception(BrokerUnavailable("no confirm from rabbitmq within %.1f s"
+                                               % timeout))
+
+
 class RabbitMQBroker(Broker):
     def __init__(self, topology, urls, confirm_timeout=10.0, metrics=None):
         """``urls``: one AMQP URL, or a list of the URLs of one cluster's nodes."""
@@ -247,17 +253,20 @@ class RabbitMQBroker(Broker):
         properties = pika.BasicProperties(
             message_id=message_id, content_type=content_type, headers=headers or {},
             delivery_mode=pika.DeliveryMode.Persistent)
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._next_tag += 1
         self._pending[self._next_tag] = (future, message_id)
         started = time.monotonic()
         self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
         del body  # pika's frames hold it now; the confirm may take a while
+        # A timer on the future itself (wait_for would add a task per publish); a confirm
+        # that comes after it finds the future done and is dropped.
+        timer = loop.call_later(self.confirm_timeout, _expire, future, self.confirm_timeout)
         try:
-            await asyncio.wait_for(asyncio.shield(future), self.confirm_timeout)
-        except asyncio.TimeoutError:
-            raise BrokerUnavailable("no confirm from rabbitmq within %.1f s"
-                                    % self.confirm_timeout) from None
+            await future
+        finally:
+            timer.cancel()
         self._confirmed(started)
 
     async def depths(self):

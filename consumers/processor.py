@@ -59,7 +59,11 @@ class Processor(Consumer):
             self.count("failed")
             return
 
-        current = await storage.mark_processing(upload.request_id, upload.nickname)
+        # An upload of the web tier has no row until now: it is written here, dated
+        # when the upload was accepted (an id of another client's: now).
+        current = await storage.mark_processing(
+            upload.request_id, upload.nickname,
+            self.context.request_ids.accepted_at(upload.request_id))
         if current["status"] in (REFUSED, STORED, FAILED, DELETED):
             await self.finished_before(upload, current)
             return

@@ -10,7 +10,7 @@ that id, never into an answer.
 import hashlib
 import hmac
 import json
-import uuid
+import secrets
 
 import tornado.web
 from tornado.log import app_log
@@ -72,7 +72,7 @@ class BaseHandler(tornado.web.RequestHandler):
     @property
     def request_id(self):
         if self._request_id is None:
-            self._request_id = uuid.uuid4().hex
+            self._request_id = secrets.token_hex(16)  # 32 hex digits, as uuid4().hex
         return self._request_id
 
     @request_id.setter

@@ -15,7 +15,7 @@ from handlers.openapi import (UPLOAD_BODY, error, json_answer, operation, operat
                               unavailable, unknown, upload_refusals)
 from handlers.upload import REFUSED_WORDS, UploadBody, accept_upload, queued
 from imaging import SUPPORTED_TYPES
-from storage import REFUSED
+from storage import QUEUED, REFUSED
 
 # The bytes under one id never change, but a deleted image should leave the caches
 # of browsers and proxies that kept it: a day, not a year.
@@ -124,6 +124,21 @@ async def list_page(storage, nickname="", cursor="", limit=DEFAULT_LIMIT):
     return images[:limit], next_cursor
 
 
+async def find_upload(context, request_id):
+    """An upload's status: its row; else, for a request id this service issued,
+    ``queued`` since it was issued (the processor writes the row when it begins
+    the upload, and a refusal writes one ``refused``); else None."""
+    upload = await context.storage.get_upload(request_id)
+    if upload is not None:
+        return upload
+    accepted_at = context.request_ids.accepted_at(request_id)
+    if accepted_at is None:
+        return None
+    return {"request_id": request_id, "nickname": None, "status": QUEUED, "image_id": None,
+            "duplicate": False, "error": None, "attempts": 0, "dead_lettered": False,
+            "created_at": accepted_at, "updated_at": accepted_at}
+
+
 def public_upload(upload):
     """An upload's status as its uploader sees it.  A dead letter's reason may
     quote a driver: the uploader gets plain words, the operator the reason in
@@ -173,7 +188,7 @@ class UploadStatusHandler(BaseHandler):
         200: json_answer("its status", ref("Upload")), 404: unknown(), 503: unavailable()})
     async def get(self, request_id):
         self.request_id = request_id
-        upload = await self.context.storage.get_upload(request_id)
+        upload = await find_upload(self.context, request_id)
         if upload is None:
             raise ApiError(404, "unknown upload", "no upload has request id %s" % request_id)
         if upload["image_id"] is not None:

@@ -167,7 +167,9 @@ SCHEMAS = {
     "Upload": record(
         ["request_id", "nickname", "status", "image_id", "duplicate", "error", "attempts",
          "dead_lettered", "created_at", "updated_at"],
-        request_id=STRING, nickname=STRING,
+        request_id=STRING,
+        nickname=dict(nullable(STRING), description="null while queued: the processor "
+                      "records it when it begins the upload"),
         status={"enum": ["queued", "processing", "stored", "failed", "refused", "deleted"]},
         image_id=nullable(INTEGER), image_url=STRING, duplicate=BOOLEAN,
         error=nullable(STRING), attempts=INTEGER, dead_lettered=BOOLEAN,

@@ -10,8 +10,8 @@ import tornado.web
 
 from handlers.base import ApiError, BaseHandler
 from handlers.html import HtmlPage
-from handlers.images import (DEFAULT_LIMIT, LIST_ERRORS, LIST_PARAMETERS, list_page, not_found,
-                             parse_limit, public_upload)
+from handlers.images import (DEFAULT_LIMIT, LIST_ERRORS, LIST_PARAMETERS, find_upload,
+                             list_page, not_found, parse_limit, public_upload)
 from handlers.openapi import error, html_answer, operation, unavailable
 from handlers.seed import SEED_UPLOAD, answer_received
 from handlers.upload import UploadBody, accept_upload
@@ -45,9 +45,12 @@ class IndexHandler(UploadBody, PageHandler):
 
     @operation(**SEED_UPLOAD)
     async def post(self):
+        if self._finished:
+            return  # refused while the body streamed
+        # A 400 for the query comes before the upload gets its request id.
+        whole_page = self.query_argument("reply", "") == "page"
         upload = self.read_upload()
         if upload is not None:
-            whole_page = self.query_argument("reply", "") == "page"  # a 400 before accepting
             await accept_upload(self.context, upload)
             answer_received(self, upload, whole_page)
 
@@ -94,7 +97,7 @@ class UploadPageHandler(PageHandler):
 
     @operation(**page("Where one upload is", {404: "no upload has that request id"}))
     async def get(self, request_id):
-        upload = await self.context.storage.get_upload(request_id)
+        upload = await find_upload(self.context, request_id)
         if upload is None:
             raise ApiError(404, "unknown upload", "no upload has request id %s" % request_id)
         self.render("upload.html", upload=public_upload(upload),

@@ -1,15 +1,20 @@
 """Accepting uploads: read the request, hand the bytes to the broker, answer 202.
 
 ``accept_upload`` is the one use case behind every route that takes an upload
-(``POST /api/images``, the seed's ``POST /``, the operator's requeue): record
-the upload, publish it, and answer ``202`` only once the broker confirmed it.
-When the broker does not (no connection, nack, return, timeout) the upload's row
-is marked ``refused`` (a requeued one goes back to its dead letter) before the
-``503``: should the message reach the processor after all (a confirm that timed
-out), the processor drops it.  An upload is either safely in the broker or
-refused, never both; when even the refusal cannot be written (the database is
-down too) the answer is ``504``, "outcome unknown", naming the status to follow,
-and the refusal is written as soon as the database answers.
+(``POST /api/images``, the seed's ``POST /``, the operator's requeue): publish
+the upload, and answer ``202`` only once the broker confirmed it.  Nothing is
+written to the database for a new upload: its request id is one the service
+recognises (``uploads.RequestIds``), so the status route answers ``queued`` for
+it until the processor writes its row.  When the broker does not confirm (nack,
+return, timeout, a connection lost) a ``refused`` row is written, unless the
+processor's row is there already (a requeued upload goes back to its dead
+letter), before the ``503``: should the message reach the processor after all
+(a confirm that timed out), the processor drops it.  While the broker is not
+connected an upload is refused before it gets a request id, writing nothing.
+An upload is either safely in the broker or refused, never both; when even the
+refusal cannot be written (the database is down too) the answer is ``504``,
+"outcome unknown", naming the status to follow, and the refusal is written as
+soon as the database answers.
 
 ``UploadBody`` is the body-reading part, composed into the handlers of the
 upload routes: the body streams into one buffer sized from ``Content-Length``
@@ -72,23 +77,19 @@ def not_accepted(detail):
 # -- accept an upload ---------------------------------------------------------------
 
 async def accept_upload(context, upload, requeue=False):
-    """Record ``upload`` as ``queued`` and publish it, confirmed; return once the
-    broker holds it.  Raises the ApiError to answer otherwise: ``503`` (refused,
-    recorded so), ``504`` (outcome unknown).  ``requeue``: ``upload`` is a dead
-    letter sent back; its row is reset instead of created, and its dead letter,
-    the only copy of the bytes until the broker confirmed, is removed only then.
-    The bytes are handed to the broker: ``upload.data`` is None from the publish
-    on, so that while the confirm is awaited the broker's copy (RabbitMQ: pika's
-    frames, waiting to be sent) is the only one."""
+    """Publish ``upload``, confirmed; return once the broker holds it.  Nothing is
+    written for a new upload: the processor writes its row when it begins it, and
+    the status route knows it from its request id until then.  Raises the ApiError
+    to answer otherwise: ``503`` (refused, recorded so), ``504`` (outcome
+    unknown).  ``requeue``: ``upload`` is a dead letter sent back; its row is reset
+    first, and its dead letter, the only copy of the bytes until the broker
+    confirmed, is removed only then.  The bytes are handed to the
+    broker: ``upload.data`` is None from the publish on, so that while the confirm
+    is awaited the broker's copy (RabbitMQ: pika's frames, waiting to be sent) is
+    the only one."""
     storage, broker = context.storage, context.broker
-    if not broker.ready:
-        log.warning("upload %s not accepted: the broker is not connected", upload.request_id)
-        raise not_accepted("the message broker is not connected; send the upload again "
-                           "in a few seconds")
     if requeue:
         await storage.requeue_dead_letter(upload.request_id)
-    else:
-        await storage.create_upload(upload.request_id, upload.nickname)
     size = len(upload.data)
     publishing = broker.publish(broker.topology.upload_exchange, UPLOAD_ROUTING_KEY,
                                 mandatory=True, **upload.publish_args())
@@ -97,30 +98,42 @@ async def accept_upload(context, upload, requeue=False):
         await publishing
     except BrokerUnavailable as exc:
         log.warning("upload %s: the broker did not take it: %s", upload.request_id, exc)
-        await withdraw(context, upload.request_id, requeue)
+        await withdraw(context, upload, requeue)
     if requeue:
         try:
             await storage.forget_dead_letter(upload.request_id)
         except StorageError as exc:  # a spare copy: it stays listed, requeueing it is harmless
             log.warning("upload %s requeued, but its dead letter stays: %s",
                         upload.request_id, exc)
-    log.info("upload %s accepted: %s, %d bytes, nickname %r", upload.request_id,
-             upload.mime_type, size, upload.nickname)
+    # The access log line says it was answered 202, under its request id.
+    log.debug("upload %s accepted: %s, %d bytes, nickname %r", upload.request_id,
+              upload.mime_type, size, upload.nickname)
 
 
-def _undo(request_id, requeue):
+def check_broker(context, request_id):
+    """The 503 to answer, before anything of an upload is issued or written, while
+    the broker cannot take it."""
+    if not context.broker.ready:
+        log.warning("upload %s not accepted: the broker is not connected", request_id)
+        raise not_accepted("the message broker is not connected; send the upload again "
+                           "in a few seconds")
+
+
+def _undo(upload, requeue):
     """The storage call that takes back a publish the broker did not confirm."""
     if requeue:
-        return lambda storage: storage.restore_dead_letter(request_id)
-    return lambda storage: storage.refuse_upload(request_id, REFUSED_WORDS)
+        return lambda storage: storage.restore_dead_letter(upload.request_id)
+    return lambda storage: storage.refuse_upload(upload.request_id, upload.nickname,
+                                                 REFUSED_WORDS)
 
 
-async def withdraw(context, request_id, requeue):
+async def withdraw(context, upload, requeue):
     """Take back an upload whose publish was not confirmed (the broker may still
     hold it: the row decides).  Raises the 503 once it is marked; returns when the
     processor had already taken it (it is in the broker after all: accepted);
     raises the 504 when the database could not record it, and keeps trying."""
-    undo = _undo(request_id, requeue)
+    request_id = upload.request_id
+    undo = _undo(upload, requeue)
     try:
         undone = await undo(context.storage)
     except StorageError as exc:
@@ -231,8 +244,9 @@ class UploadBody:
                         % self.config.max_upload_bytes)
 
     def read_upload(self):
-        """The Upload in the request body, or the ApiError that refuses it; None
-        when the request was answered already (refused while the body streamed)."""
+        """The Upload in the request body, under a new request id, or the ApiError
+        that refuses it; None when the request was answered already (refused while
+        the body streamed)."""
         if self._finished:
             return None
         body, self._body = self._body, None
@@ -260,6 +274,13 @@ class UploadBody:
         if mime_type not in self.config.accepted_types:
             raise ApiError(415, "unsupported image type",
                            "the file is not one of %s" % ", ".join(self.config.accepted_types))
+        # From here on the request goes by the upload's own request id, one the
+        # status route recognises from the moment the 202 leaves.  Issued only
+        # while the broker is connected: an id issued and then refused with
+        # nothing recorded would read ``queued`` for ever.  (The caller publishes
+        # right after this returns, with nothing awaited in between.)
+        check_broker(self.context, self.request_id)
+        self.request_id = self.context.request_ids.issue()
         # The one copy: the request's buffer goes when this returns.
         return Upload(self.request_id, nickname, uploaded[0].filename or "", mime_type,
                       bytes(uploaded[0].body))

@@ -5,9 +5,12 @@ the configured URL.  Backends run their blocking database calls in their own
 thread pool, so every method here is a coroutine that is safe on the IOLoop.
 
 An upload moves ``queued`` -> ``processing`` -> ``stored`` | ``failed``, or
-``queued`` -> ``refused`` when the broker did not take it.  The
-request id is unique across both tables, which is what makes a redelivered
-upload store once.
+``queued`` -> ``refused`` when the broker did not take it.  A ``queued`` upload
+has no row (only a requeued dead letter's row says ``queued``): the web tier
+writes nothing when it accepts one, the processor writes the row when it begins
+it, and a refusal writes one ``refused``; until then the status route knows it
+from its request id (``uploads.RequestIds``).  The request id is unique across
+both tables, which is what makes a redelivered upload store once.
 """
 
 from dataclasses import dataclass, field
@@ -64,23 +67,25 @@ class Storage:
         """Raise StorageError unless the database answers."""
         raise NotImplementedError
 
-    async def create_upload(self, request_id, nickname):
-        """Record an upload as ``queued`` before it is handed to the broker
-        (idempotent: a retried call after a lost answer finds its own row)."""
+    async def request_id_secret(self):
+        """The key of the request ids (``uploads.RequestIds``), the same for every
+        process of the database: made by the first that asks, read by the others."""
         raise NotImplementedError
 
-    async def refuse_upload(self, request_id, reason):
-        """``queued`` -> ``refused`` (the broker did not confirm it); True if so,
-        False when the processor had already taken it (it is in the broker)."""
+    async def refuse_upload(self, request_id, nickname, reason):
+        """Record an upload the broker did not confirm as ``refused``, unless its
+        row exists; True if it is refused, False when the processor had already
+        taken it (it is in the broker).  Repeating the call answers the same."""
         raise NotImplementedError
 
     async def get_upload(self, request_id):
         raise NotImplementedError
 
-    async def mark_processing(self, request_id, nickname):
-        """``queued`` -> ``processing`` and one more attempt counted; creates the
-        row for uploads published by other AMQP clients.  Returns the upload,
-        whose status may already be final."""
+    async def mark_processing(self, request_id, nickname, created_at=None):
+        """The processor begins an upload: its row ``processing`` (``created_at``,
+        ISO 8601, when it was accepted, else now), or one more attempt counted on
+        the row there is (``queued`` -> ``processing``).  Returns the upload, whose
+        status may already be final (``refused`` included)."""
         raise NotImplementedError
 
     async def mark_failed(self, request_id, nickname, reason):

@@ -8,6 +8,7 @@ once here, with ``%s`` placeholders that SQLite's subclass turns into ``?``.
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 import json
+import secrets
 from datetime import datetime, timezone
 
 from storage import (DEAD, DELETED, FAILED, GONE, PENDING, PROCESSING, QUEUED, REFUSED,
@@ -123,6 +124,14 @@ MIGRATIONS = [
     ALTER TABLE thumbnails ALTER COLUMN data SET STORAGE EXTERNAL;
     ALTER TABLE dead_letters ALTER COLUMN data SET STORAGE EXTERNAL
     """, "sqlite": ""},
+    # The key of the request ids the web tier issues (uploads.RequestIds): one row,
+    # written by the first process that starts (Storage.request_id_secret).
+    """
+    CREATE TABLE request_id_secret (
+        id INTEGER PRIMARY KEY,
+        secret TEXT NOT NULL
+    )
+    """,
 ]
 
 IMAGE_COLUMNS = ("id, request_id, nickname, mime_type, size, width, height, sha256, created_at, "
@@ -262,15 +271,23 @@ class SQLStorage(Storage):
 
     # -- uploads ----------------------------------------------------------
 
-    async def create_upload(self, request_id, nickname):
-        await self._run(lambda cursor: self._ensure_upload(cursor, request_id, nickname,
-                                                           utc_now()), write=True)
+    async def request_id_secret(self):
+        def read(cursor):
+            self._execute(cursor, "INSERT INTO request_id_secret (id, secret) VALUES (1, %s) "
+                          "ON CONFLICT (id) DO NOTHING", (secrets.token_hex(32),))
+            return self._execute(cursor, "SELECT secret FROM request_id_secret "
+                                 "WHERE id = 1").fetchone()[0]
+        return await self._run(read, write=True)
 
-    async def refuse_upload(self, request_id, reason):
-        return await self._run(lambda cursor: self._execute(
-            cursor, "UPDATE uploads SET status = %s, error = %s, updated_at = %s "
-            "WHERE request_id = %s AND status = %s",
-            (REFUSED, reason, utc_now(), request_id, QUEUED)).rowcount == 1, write=True)
+    async def refuse_upload(self, request_id, nickname, reason):
+        def refuse(cursor):
+            now = utc_now()
+            self._execute(cursor, "INSERT INTO uploads (request_id, nickname, status, error, "
+                          "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s) "
+                          "ON CONFLICT (request_id) DO NOTHING",
+                          (request_id, nickname, REFUSED, reason, now, now))
+            return self._get_upload(cursor, request_id)["status"] == REFUSED
+        return await self._run(refuse, write=True)
 
     async def get_upload(self, request_id):
         return await self._run(self._get_upload, request_id)
@@ -284,13 +301,17 @@ class SQLStorage(Storage):
                       "updated_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (request_id) DO NOTHING",
                       (request_id, nickname, QUEUED, now, now))
 
-    async def mark_processing(self, request_id, nickname):
+    async def mark_processing(self, request_id, nickname, created_at=None):
         def update(cursor):
             now = utc_now()
-            self._ensure_upload(cursor, request_id, nickname, now)
-            self._execute(cursor, "UPDATE uploads SET attempts = attempts + 1, updated_at = %s, "
-                          "status = CASE WHEN status = %s THEN %s ELSE status END "
-                          "WHERE request_id = %s", (now, QUEUED, PROCESSING, request_id))
+            self._execute(cursor, "INSERT INTO uploads (request_id, nickname, status, attempts, "
+                          "created_at, updated_at) VALUES (%s, %s, %s, 1, %s, %s) "
+                          "ON CONFLICT (request_id) DO UPDATE SET "
+                          "attempts = uploads.attempts + 1, updated_at = excluded.updated_at, "
+                          "status = CASE WHEN uploads.status = %s THEN %s "
+                          "ELSE uploads.status END",
+                          (request_id, nickname, PROCESSING, created_at or now, now,
+                           QUEUED, PROCESSING))
             return self._get_upload(cursor, request_id)
         return await self._run(update, write=True)
 

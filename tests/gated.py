@@ -31,8 +31,11 @@ POLL = 0.01
 POINTS = {
     # The processor's image work, in its image worker (a process, or a thread).
     "images": ("consumers.processor", "process", None),
-    # An upload whose body was read, before anything of it is recorded or published.
-    "uploads": ("storage.sql", "SQLStorage.create_upload", None),
+    # An upload whose body was read, before it is published (nothing of it is recorded
+    # before): the in-process broker's publishes of uploads.
+    "uploads": ("broker.memory", "MemoryBroker.publish",
+                lambda _broker, _exchange, routing_key, *args, **kwargs:
+                routing_key == "image-processing-queue"),
     # The processor's image.uploaded events: an upload stored, its message not yet acked.
     "uploaded": ("consumers.processor", "Processor.publish_event",
                  lambda _consumer, event, *args, **kwargs: event == "image.uploaded"),

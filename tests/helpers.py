@@ -123,6 +123,24 @@ class FaultyStorage:
         return faulty
 
 
+class GatedStorage:
+    """The real storage, except that ``method`` waits until ``gate`` is set."""
+
+    def __init__(self, inner, method):
+        self.inner, self.method, self.gate, self.waiting = inner, method, asyncio.Event(), 0
+
+    def __getattr__(self, name):
+        attribute = getattr(self.inner, name)
+        if name != self.method:
+            return attribute
+
+        async def gated(*args, **kwargs):
+            self.waiting += 1
+            await self.gate.wait()
+            return await attribute(*args, **kwargs)
+        return gated
+
+
 # -- images put straight into storage (no broker, no processor), for tests about
 # reading and listing them, where many images are needed quickly ----------------
 

@@ -2,11 +2,13 @@
 memory/Redis/no cache): upload -> 202 -> stored -> served back byte-identical."""
 
 import json
+import uuid
 
 import pytest
 
 from cache import content_key
-from tests.helpers import make_image, post_upload, wait_for_upload
+from tests.helpers import GatedStorage, eventually, make_image, post_upload, wait_for_upload
+from uploads import RequestIds
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -141,6 +143,49 @@ async def test_body_that_is_not_multipart_is_a_400(http_client, base_url, contex
                                        raise_error=False)
     assert response.code == 400
     assert "multipart/form-data" in json.loads(response.body)["detail"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_an_accepted_upload_is_queued_before_any_row_is_written(http_client, base_url,
+                                                                     context):
+    """The web tier writes nothing when it accepts an upload: from its 202 until the
+    processor begins it, the status route knows it from its request id alone."""
+    storage = context.storage = GatedStorage(context.storage, "mark_processing")
+    try:
+        response = await post_upload(http_client, base_url, "dora", make_image(color=(9, 8, 7)))
+        assert response.code == 202, response.body
+        request_id = json.loads(response.body)["request_id"]
+        assert response.headers["X-Request-Id"] == request_id
+        await eventually(lambda: storage.waiting == 1)  # the processor has it, held
+        assert await storage.inner.get_upload(request_id) is None
+        answer = await http_client.fetch(base_url + "/api/uploads/" + request_id)
+        queued = json.loads(answer.body)
+        assert {k: queued[k] for k in ("request_id", "nickname", "status", "image_id",
+                                       "attempts")} \
+            == {"request_id": request_id, "nickname": None, "status": "queued",
+                "image_id": None, "attempts": 0}
+        storage.gate.set()
+        status = await wait_for_upload(http_client, base_url, request_id)
+    finally:
+        context.storage = storage.inner
+    assert (status["status"], status["nickname"]) == ("stored", "dora")
+    # The processor's row is dated when the upload was accepted, as its id says.
+    assert status["created_at"] == queued["created_at"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_only_request_ids_this_service_issued_are_queued_without_a_row(
+        http_client, base_url, context):
+    issued = context.request_ids.issue()
+    forged = issued[:-1] + ("0" if issued[-1] != "0" else "1")  # the tag does not match
+    elsewhere = RequestIds("another deployment's secret").issue()
+    for request_id, code in ((issued, 200), (forged, 404), (elsewhere, 404),
+                             (issued.upper(), 404), (uuid.uuid4().hex, 404)):
+        response = await http_client.fetch(base_url + "/api/uploads/" + request_id,
+                                           raise_error=False)
+        assert response.code == code, request_id
+    # Every process of the database shares the key: a new one recognises the id.
+    assert RequestIds(await context.storage.request_id_secret()).accepted_at(issued)
 
 
 @pytest.mark.gen_test(timeout=30)

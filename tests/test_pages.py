@@ -224,12 +224,13 @@ async def test_the_form_without_javascript_posts_to_root_and_gets_a_page(
 @html_only
 @pytest.mark.gen_test(timeout=30)
 async def test_an_upload_in_progress_page_refreshes_itself(http_client, base_url, context):
-    await context.storage.create_upload("inprogress1", "wai")
-    _response, page = await get_page(http_client, base_url, "/uploads/inprogress1")
+    # An upload just accepted: its request id issued, no row written yet.
+    request_id = context.request_ids.issue()
+    _response, page = await get_page(http_client, base_url, "/uploads/" + request_id)
     assert page.all("meta", **{"http-equiv": "refresh"})
     assert "queued" in "".join(page.text)
-    await context.storage.mark_failed("inprogress1", "wai", "the file is not a valid image")
-    _response, page = await get_page(http_client, base_url, "/uploads/inprogress1")
+    await context.storage.mark_failed(request_id, "wai", "the file is not a valid image")
+    _response, page = await get_page(http_client, base_url, "/uploads/" + request_id)
     assert "the file is not a valid image" in "".join(page.text)
     assert not page.all("meta", **{"http-equiv": "refresh"})
 

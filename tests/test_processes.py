@@ -163,7 +163,7 @@ def test_split_roles_in_three_processes(postgres_url, amqp_prefix, redis_prefix,
     stored = wait_stored(port, request_id)
     image_id = stored["image_id"]
     processor.wait_for_log("upload %s stored as image %s" % (request_id, image_id))
-    assert "upload %s accepted" % request_id in web.log()
+    assert "[%s]: 202 POST /api/images" % request_id in web.log()  # its access line
 
     cache = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
     try:

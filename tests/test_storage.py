@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.conftest import ROOT, free_port
-from storage import FAILED, PROCESSING, QUEUED, REFUSED, STORED, NewImage, StorageError
+from storage import FAILED, PROCESSING, REFUSED, STORED, NewImage, StorageError
 from storage.postgres import PostgresStorage
 from storage.sql import MIGRATIONS
 from storage.sqlite import SQLiteStorage
@@ -113,11 +113,13 @@ async def test_migrate_creates_the_schema_on_an_empty_database(empty_storage):
 @pytest.mark.gen_test(timeout=30)
 async def test_migrating_again_is_a_no_op(storage):
     """A restart migrates again: nothing is re-applied and no data is lost."""
-    await storage.create_upload("r-1", "alice")
+    await storage.mark_processing("r-1", "alice")
+    secret = await storage.request_id_secret()
     assert await storage.migrate() == len(MIGRATIONS)
     assert await storage.migrate() == len(MIGRATIONS)
     assert await versions(storage) == list(range(1, len(MIGRATIONS) + 1))
-    assert (await storage.get_upload("r-1"))["status"] == QUEUED
+    assert (await storage.get_upload("r-1"))["status"] == PROCESSING
+    assert await storage.request_id_secret() == secret
 
 
 MIGRATE_SCRIPT = """
@@ -219,17 +221,18 @@ async def test_a_database_of_the_schema_before_is_migrated_to_external_storage(
 # -- uploads -------------------------------------------------------------------
 
 @pytest.mark.gen_test
-async def test_an_upload_moves_queued_processing_stored(storage):
-    await storage.create_upload("r-1", "alice")
-    queued = await storage.get_upload("r-1")
-    assert {k: queued[k] for k in ("request_id", "nickname", "status", "image_id", "error")} \
-        == {"request_id": "r-1", "nickname": "alice", "status": QUEUED, "image_id": None,
-            "error": None}
-    created = parse_time(queued["created_at"])
-    assert parse_time(queued["updated_at"]) == created
-
-    processing = await storage.mark_processing("r-1", "alice")
-    assert processing["status"] == PROCESSING
+async def test_an_upload_moves_processing_stored(storage):
+    """An upload accepted by the web tier has no row until the processor begins it:
+    its row then says when it was accepted."""
+    assert await storage.get_upload("r-1") is None
+    accepted = "2026-01-02T03:04:05.678000+00:00"
+    processing = await storage.mark_processing("r-1", "alice", accepted)
+    assert {k: processing[k] for k in ("request_id", "nickname", "status", "image_id",
+                                       "error", "attempts")} \
+        == {"request_id": "r-1", "nickname": "alice", "status": PROCESSING, "image_id": None,
+            "error": None, "attempts": 1}
+    created = parse_time(processing["created_at"])
+    assert created == parse_time(accepted)
     assert await storage.get_upload("r-1") == processing
 
     image = await storage.store_image("r-1", new_image())
@@ -248,6 +251,10 @@ async def test_mark_processing_creates_an_upload_published_elsewhere(storage):
     assert (upload["request_id"], upload["nickname"], upload["status"]) \
         == ("from-elsewhere", "bob", PROCESSING)
     assert await storage.get_upload("from-elsewhere") == upload
+    assert parse_time(upload["created_at"]) == parse_time(upload["updated_at"])
+    again = await storage.mark_processing("from-elsewhere", "bob")  # redelivered
+    assert (again["status"], again["attempts"], again["created_at"]) \
+        == (PROCESSING, 2, upload["created_at"])
 
 
 @pytest.mark.gen_test
@@ -280,7 +287,7 @@ async def test_racing_stores_of_one_request_keep_one_image(storage):
 
 @pytest.mark.gen_test
 async def test_mark_failed_records_the_reason(storage):
-    await storage.create_upload("r-1", "alice")
+    await storage.mark_processing("r-1", "alice")
     failed = await storage.mark_failed("r-1", "alice", "not an image")
     assert (failed["status"], failed["error"], failed["image_id"]) \
         == (FAILED, "not an image", None)
@@ -301,28 +308,31 @@ async def test_mark_failed_never_overrides_stored(storage):
 
 @pytest.mark.gen_test
 async def test_a_request_id_is_created_once(storage):
-    """The request id is unique: creating it again (a call retried after its answer
-    was lost) leaves the first row as it was."""
-    await storage.create_upload("r-1", "alice")
+    """The request id is unique: the processor's row stays the one row, whatever
+    writes the same id after it."""
     await storage.mark_processing("r-1", "alice")
-    await storage.create_upload("r-1", "mallory")
+    assert await storage.refuse_upload("r-1", "mallory", "no confirm") is False
+    await storage.mark_processing("r-1", "mallory")
     upload = await storage.get_upload("r-1")
-    assert (upload["nickname"], upload["status"]) == ("alice", PROCESSING)
+    assert (upload["nickname"], upload["status"], upload["attempts"]) \
+        == ("alice", PROCESSING, 2)
     assert await count(storage, "uploads") == 1
 
 
 @pytest.mark.gen_test
-async def test_refuse_upload_marks_only_a_queued_upload(storage):
+async def test_refuse_upload_marks_only_an_upload_without_a_row(storage):
     """The web tier refuses an upload the broker did not confirm, unless the
-    processor has it already (then the broker had it after all)."""
-    await storage.create_upload("queued", "alice")
+    processor has it already (then the broker had it after all).  A refusal
+    repeated (its answer was lost) still says it is refused."""
     await storage.mark_processing("processing", "alice")
     await storage.store_image("stored", new_image())
-    assert await storage.refuse_upload("queued", "no confirm") is True
-    assert await storage.refuse_upload("processing", "no confirm") is False
-    assert await storage.refuse_upload("stored", "no confirm") is False
+    assert await storage.refuse_upload("queued", "alice", "no confirm") is True
+    assert await storage.refuse_upload("queued", "alice", "no confirm") is True
+    assert await storage.refuse_upload("processing", "alice", "no confirm") is False
+    assert await storage.refuse_upload("stored", "alice", "no confirm") is False
     refused = await storage.get_upload("queued")
-    assert (refused["status"], refused["error"]) == (REFUSED, "no confirm")
+    assert (refused["status"], refused["error"], refused["nickname"]) \
+        == (REFUSED, "no confirm", "alice")
     assert (await storage.mark_processing("queued", "alice"))["status"] == REFUSED
     assert (await storage.get_upload("processing"))["status"] == PROCESSING
     assert (await storage.get_upload("stored"))["status"] == STORED
@@ -471,7 +481,7 @@ async def test_database_work_runs_on_the_storage_threads(storage, monkeypatch):
         return connection(write)
 
     monkeypatch.setattr(storage, "_connection", spy)
-    await storage.create_upload("r-1", "alice")
+    await storage.refuse_upload("r-0", "alice", "no confirm")
     await storage.mark_processing("r-1", "alice")
     image = await storage.store_image("r-1", new_image())
     await storage.get_upload("r-1")
@@ -505,8 +515,8 @@ async def test_an_in_memory_sqlite_database_is_one_database():
     store = SQLiteStorage(":memory:", threads=4)
     try:
         await store.migrate()
-        await asyncio.gather(*[store.create_upload("r-%d" % i, "alice") for i in range(8)])
+        await asyncio.gather(*[store.mark_processing("r-%d" % i, "alice") for i in range(8)])
         uploads = await asyncio.gather(*[store.get_upload("r-%d" % i) for i in range(8)])
-        assert [upload["status"] for upload in uploads] == [QUEUED] * 8
+        assert [upload["status"] for upload in uploads] == [PROCESSING] * 8
     finally:
         await store.close()

@@ -34,7 +34,7 @@ def pg_storage(io_loop, postgres_url):
 @pytest.mark.gen_test(timeout=20)
 async def test_a_commit_sqlite_refuses_leaves_the_connection_usable(sqlite_storage):
     request_id = uuid.uuid4().hex
-    await sqlite_storage.create_upload(request_id, "alice")
+    await sqlite_storage.mark_processing(request_id, "alice")
 
     def point_at_a_missing_image(cursor):
         # A deferred foreign key is checked at COMMIT, which then fails for real.
@@ -46,7 +46,7 @@ async def test_a_commit_sqlite_refuses_leaves_the_connection_usable(sqlite_stora
 
     # The same connection (one thread) begins new transactions, reads and writes.
     upload = await sqlite_storage.get_upload(request_id)
-    assert upload["image_id"] is None and upload["status"] == "queued"
+    assert upload["image_id"] is None and upload["status"] == "processing"
     failed = await sqlite_storage.mark_failed(request_id, "alice", "not an image")
     assert failed["status"] == "failed"
 

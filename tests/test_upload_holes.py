@@ -20,7 +20,8 @@ import pytest
 
 from broker import BrokerUnavailable
 from storage import StorageError
-from tests.helpers import FaultyStorage, eventually, make_image, post_upload, wait_for_upload
+from tests.helpers import (FaultyStorage, GatedStorage, eventually, make_image, post_upload,
+                           wait_for_upload)
 
 TOKEN = "s3cret-operator-token"
 AUTH = {"Authorization": "Bearer " + TOKEN}
@@ -63,24 +64,6 @@ class UploadPublishes:
     async def deliver(self):
         for exchange, routing_key, body, kwargs in self.held:
             await self.real(exchange, routing_key, body, **kwargs)
-
-
-class Gated:
-    """The real storage, except that ``method`` waits until ``gate`` is set."""
-
-    def __init__(self, inner, method):
-        self.inner, self.method, self.gate, self.waiting = inner, method, asyncio.Event(), 0
-
-    def __getattr__(self, name):
-        attribute = getattr(self.inner, name)
-        if name != self.method:
-            return attribute
-
-        async def gated(*args, **kwargs):
-            self.waiting += 1
-            await self.gate.wait()
-            return await attribute(*args, **kwargs)
-        return gated
 
 
 class DownAfter:
@@ -175,7 +158,7 @@ async def test_a_requeued_upload_taken_at_once_is_stored_and_its_letter_removed(
     request_id = await dead_letter(context.storage, data)
     # Hold the removal of the dead letter: the processor takes the message the
     # moment it is published, and stores it, before the route goes on.
-    storage = context.storage = Gated(context.storage, "forget_dead_letter")
+    storage = context.storage = GatedStorage(context.storage, "forget_dead_letter")
     try:
         answer = await held_requeue(http_client, base_url, request_id, storage)
         status = await wait_for_upload(http_client, base_url, request_id)
@@ -197,7 +180,7 @@ async def test_a_requeued_upload_dead_lettered_again_at_once_keeps_its_letter(
     # Storing fails every time, so the upload runs out of attempts again and is
     # recorded again, all while the route still holds its removal of the letter.
     failing = FaultyStorage(context.storage, "store_image")
-    storage = context.storage = Gated(failing, "forget_dead_letter")
+    storage = context.storage = GatedStorage(failing, "forget_dead_letter")
     try:
         answer = await held_requeue(http_client, base_url, request_id, storage)
         await eventually(lambda: len(failing.calls) == context.config.max_attempts, timeout=20)
@@ -267,7 +250,7 @@ async def status_with_attempts(http_client, base_url, request_id):
 async def test_a_refusal_that_finds_the_processor_has_it_is_a_202(
         http_client, base_url, context, monkeypatch):
     publishes = UploadPublishes(context.broker, monkeypatch, BrokerUnavailable("timeout"))
-    storage = context.storage = Gated(context.storage, "refuse_upload")
+    storage = context.storage = GatedStorage(context.storage, "refuse_upload")
     try:
         answer = asyncio.ensure_future(post_upload(http_client, base_url, "late", make_image()))
         await eventually(lambda: storage.waiting == 1)
