@@ -5,6 +5,8 @@ tree's) CPU time, that of the services' processes (found by name), and the
 figures for bench/all.py's table."""
 
 import os
+import shutil
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,3 +82,22 @@ def report(path, bench, measure, value, target):
     with open(path, "a") as out:
         out.write(json.dumps({"bench": bench, "measure": measure, "value": value,
                               "target": target}) + "\n")
+
+
+WRK = shutil.which("wrk")
+
+
+def require_wrk(bench):
+    """Stop ``bench`` with a plain word when the load generator is not installed."""
+    if WRK is None:
+        sys.exit("%s needs wrk (the HTTP load generator), which is not installed: "
+                 "apt-get install wrk" % bench)
+
+
+def wrk(url, seconds, connections, *options, env=None, timeout=60):
+    """What wrk prints for one run against ``url``: one thread, ``connections``
+    keep-alive connections, ``seconds`` long, plus ``options`` (``--latency``,
+    ``-s script.lua``)."""
+    return subprocess.run([WRK, "-t1", "-c%d" % connections, "-d%ds" % seconds] + list(options)
+                          + [url], capture_output=True, text=True, env=env, check=True,
+                          timeout=seconds + timeout).stdout

@@ -3,7 +3,7 @@ handler that writes the same bytes from memory.
 
     .venv/bin/python bench/reads.py [--rounds 3] [--duration 8] [--connections 32]
                                     [--targets a,b,c,d] [--baseline-tree DIR]
-                                    [--profile DIR] [--report FILE]
+                                    [--report FILE]
 
 Targets, each its own OS process on a free port of 127.0.0.1, all serving the
 same ~98 KB JPEG:
@@ -23,8 +23,6 @@ asserts on time.
 
 ``--baseline-tree DIR`` also runs (b) and (c) from another source tree side by side
 (say the commit before a change: ``git archive main | tar -x -C DIR``).
-``--profile DIR`` then records each target with py-spy for one more, unmeasured run
-(DIR/<target>.txt, raw collapsed stacks).
 
 Everything started is stopped and removed on the way out: the servers, the
 temporary database, the AMQP objects, the Redis keys and the temp dir.
@@ -34,22 +32,19 @@ import argparse
 import os
 import pathlib
 import re
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import urllib.parse
 import uuid
 
-from common import process_cpu_seconds, report
+from common import process_cpu_seconds, report, require_wrk, wrk
 from tests.processes import RABBIT_READY, Proc, fetch, process_env, upload, wait_stored
 from upload_throughput import (LOG_FORMAT, Target, amqp_channel, baseline_twin,
                                check_running, cleanup, make_jpeg, pg_admin, start)
 
 IMAGE_BYTES = 98_000
-WRK = shutil.which("wrk") or "/usr/bin/wrk"
 TARGET_RATIO = 0.85  # (b) / (a)
 
 
@@ -93,17 +88,10 @@ def serve_bare(port, address, path):
 
 # -- wrk ----------------------------------------------------------------------------------
 
-def require_wrk():
-    if not os.access(WRK, os.X_OK):
-        sys.exit("bench/reads.py needs wrk (the HTTP load generator), which is not "
-                 "installed: apt-get install wrk")
-
-
-def wrk(url, seconds, connections):
+def read_url(url, seconds, connections):
     """``(requests per second, p99 ms, requests, non-2xx/3xx answers, errors)`` of one
     wrk run."""
-    out = subprocess.run([WRK, "-t1", "-c%d" % connections, "-d%ds" % seconds, "--latency",
-                          url], capture_output=True, text=True, timeout=seconds + 30).stdout
+    out = wrk(url, seconds, connections, "--latency")
     rate = re.search(r"Requests/sec:\s+([0-9.]+)", out)
     count = re.search(r"(\d+) requests in", out)
     p99 = re.search(r"^\s+99%\s+([0-9.]+)(us|ms|s)\s*$", out, re.M)
@@ -143,8 +131,6 @@ def parse_args(argv):
                         help="which of a (bare), b (redis), c (embedded), d (no cache)")
     parser.add_argument("--baseline-tree", default=None, metavar="DIR",
                         help="also run (b) and (c) from the source tree DIR")
-    parser.add_argument("--profile", default=None, metavar="DIR",
-                        help="afterwards, record each target with py-spy into DIR")
     parser.add_argument("--report", default=None, metavar="FILE",
                         help="append the headline figures to FILE (bench/all.py)")
     parser.add_argument("--postgres-url", default=os.environ.get(
@@ -171,7 +157,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.serve_bare:
         return serve_bare(args.port, args.address, args.serve_bare)
-    require_wrk()
+    require_wrk("bench/reads.py")
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
@@ -255,7 +241,7 @@ def main(argv=None):
                 url = "http://127.0.0.1:%d%s" % (target.port, paths[target.key])
                 wrk(url, 1, args.connections)
                 cpu = process_cpu_seconds(target.proc.pid)
-                rate, p99, count, bad, errors = wrk(url, args.duration, args.connections)
+                rate, p99, count, bad, errors = read_url(url, args.duration, args.connections)
                 cpu = 1e6 * (process_cpu_seconds(target.proc.pid) - cpu) / max(count, 1)
                 target.rounds.append((rate, p99, cpu))
                 notes = ("non-2xx: %d" % bad if bad else "") + (" " + errors if errors else "")
@@ -292,19 +278,6 @@ def main(argv=None):
               "(all threads) per request, median of the rounds;\n(a)/this: the same ratio "
               "by CPU per request, which a busy machine disturbs less." % TARGET_RATIO)
 
-        if args.profile:
-            os.makedirs(args.profile, exist_ok=True)
-            py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
-            for target in targets:
-                out = os.path.join(args.profile, "%s.txt" % target.key)
-                url = "http://127.0.0.1:%d%s" % (target.port, paths[target.key])
-                spy = subprocess.Popen([py_spy, "record", "--pid", str(target.proc.pid),
-                                        "--duration", str(args.duration), "--format", "raw",
-                                        "--rate", "200", "-o", out],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                wrk(url, args.duration, args.connections)
-                spy.wait(60)
-                print("profile: %s -> %s" % (target.name, out))
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         return 130

@@ -55,7 +55,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from common import ROOT, cpu_seconds_of, process_cpu_seconds, report
+from common import (ROOT, WRK, cpu_seconds_of, process_cpu_seconds, report, require_wrk,
+                    wrk)
 from tests.helpers import multipart
 from tests.processes import Proc, free_port, process_env
 
@@ -404,12 +405,9 @@ def run_wrk(target, args):
     """One measured run of wrk (``--seconds``, one thread, ``--concurrency``
     connections): ``(sent, wall, statuses, quantiles, client CPU seconds)``."""
     import resource
-    import subprocess
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run([args.wrk, "-t1", "-c%d" % args.concurrency, "-d%ds" % args.seconds,
-                          "--timeout", "%ds" % args.timeout, "-s", args.wrk_script,
-                          "http://127.0.0.1:%d/api/images" % target.port],
-                         capture_output=True, text=True, env=args.wrk_env, check=True).stdout
+    out = wrk("http://127.0.0.1:%d/api/images" % target.port, args.seconds, args.concurrency,
+              "--timeout", "%ds" % args.timeout, "-s", args.wrk_script, env=args.wrk_env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     lines = {line.split()[1]: line.split()[2:] for line in out.splitlines()
              if line.startswith("BENCH ")}
@@ -698,9 +696,9 @@ def parse_args(argv):
     parser.add_argument("--address", default="127.0.0.1", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    args.wrk = shutil.which("wrk") if args.client in (None, "wrk") else None
+    args.wrk = WRK if args.client in (None, "wrk") else None
     if args.client == "wrk" and args.wrk is None:
-        parser.error("--client wrk: wrk is not installed")
+        require_wrk("bench/upload_throughput.py --client wrk")
     if not args.targets or set(args.targets) - {"a", "b", "c", "d"}:
         parser.error("--targets takes a comma list of a, b, c, d")
     if min(args.count, args.concurrency, args.size_kb, args.rounds) < 1 or args.warmup < 0:

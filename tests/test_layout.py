@@ -10,8 +10,9 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Marks of the plumbing tests/processes.py and tests/helpers.py provide: starting a
-# process, dying with the parent, finding a free port, writing a multipart body.
-PLUMBING = ("subprocess.Popen", "prctl", ".bind((", "Content-Disposition")
+# Python process (a server), dying with the parent, finding a free port, writing a
+# multipart body.  (Tools such as wrk or a profiler are started as they are.)
+PLUMBING = ("Popen([sys.executable", "prctl", ".bind((", "Content-Disposition")
 
 
 def tree(path):
