@@ -68,7 +68,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from common import ROOT, process_cpu_seconds, report
+from common import ROOT, process_tree_cpu_seconds, report
 from tests.helpers import multipart
 from tests.processes import Proc, exchange, free_port, process_env, upload, wait_stored
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps  # noqa: E402
@@ -482,7 +482,7 @@ class Server:
             raise RuntimeError("server " + self.proc.describe())
 
     def cpu_seconds(self):
-        return process_cpu_seconds(self.proc.pid)
+        return process_tree_cpu_seconds(self.proc.pid)  # its image workers too
 
     def stop(self, timeout=40):
         self.proc.end(timeout)
@@ -704,8 +704,8 @@ def section_b(args, images, tmp, servers, server_args, label=""):
             args.burst_timeout, burst.statuses))
     if burst.refused:
         print("             refused uploads: %s" % burst.refused)
-    print("server CPU:  idle %.0f%%, during the burst %.0f%% (all threads; %d cores)"
-          % (100 * idle_cpu, 100 * burst_cpu, os.cpu_count()))
+    print("server CPU:  idle %.0f%%, during the burst %.0f%% (all threads and image workers; "
+          "%d cores)" % (100 * idle_cpu, 100 * burst_cpu, os.cpu_count()))
     server.stop()
     return ratios
 
