@@ -26,7 +26,7 @@ BENCHES = [
     ("reads", "reads.py", []),
     ("processing", "processing.py", ["--quick"]),
     ("memory", "memory.py", []),
-    ("cost", "cost.py", []),
+    ("cost", "cost.py", ["--rounds", "3"]),
     ("events", "events.py", []),
 ]
 

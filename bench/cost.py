@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pika
 from common import ROOT, process_cpu_seconds, process_tree_cpu_seconds, report
@@ -252,6 +252,12 @@ def drain(tree, uploads, prefix_base, tmp, profile=None):
                     env, pathlib.Path(tmp))
         wait_consuming(prefix, proc)
         pg = PostgresProcesses(database_url)
+        # One upload first, not counted: the processor's image workers start with its
+        # first image (the fork server imports Pillow, then forks them), a cost paid
+        # once per process; what is measured is the cost of each image after it.
+        publish(prefix, [replace(uploads[0], request_id="warm-up-" + name,
+                                 nickname="cost-warm-up")])
+        wait_settled(pg, proc, 1)
         if profile:
             profilers = Profilers(profile, proc.pid)
         rabbit = beam_pid()
@@ -270,16 +276,7 @@ def drain(tree, uploads, prefix_base, tmp, profile=None):
         finally:
             os.kill(proc.pid, signal.SIGCONT)
         started = time.monotonic()
-        while True:
-            pg.sample()
-            statuses = pg.statuses()
-            if statuses.get("stored", 0) + statuses.get("failed", 0) >= len(uploads):
-                break
-            if proc.popen.poll() is not None:
-                raise RuntimeError("processor " + proc.describe())
-            if time.monotonic() - started > 600:
-                raise RuntimeError("not drained after 600 s: %s" % statuses)
-            time.sleep(0.05)
+        statuses = wait_settled(pg, proc, 1 + len(uploads))
         seconds = {"processor": process_tree_cpu_seconds(proc.pid) - start["processor"],
                    "pg_backends": sum(v - start["pg_backends"].get(pid, 0.0)
                                       for pid, v in pg.backends.items()),
@@ -295,7 +292,7 @@ def drain(tree, uploads, prefix_base, tmp, profile=None):
             profilers.print_perf(list(pg.backends) + pg.background_pids())
         if statuses.get("failed"):
             raise RuntimeError("%d upload(s) failed: %s" % (statuses["failed"], proc.log()[-3000:]))
-        return Run(tree, statuses["stored"], wall, seconds, intake, wal)
+        return Run(tree, statuses["stored"] - 1, wall, seconds, intake, wal)
     finally:
         if profilers:
             profilers.stop()
@@ -306,6 +303,22 @@ def drain(tree, uploads, prefix_base, tmp, profile=None):
         admin.cursor().execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
         admin.close()
         delete_amqp_objects(AMQP_URL, prefix)
+
+
+def wait_settled(pg, proc, count, timeout=600):
+    """Sample the run's backends until ``count`` uploads are stored or failed; the
+    statuses then."""
+    started = time.monotonic()
+    while True:
+        pg.sample()
+        statuses = pg.statuses()
+        if statuses.get("stored", 0) + statuses.get("failed", 0) >= count:
+            return statuses
+        if proc.popen.poll() is not None:
+            raise RuntimeError("processor " + proc.describe())
+        if time.monotonic() - started > timeout:
+            raise RuntimeError("not drained after %d s: %s" % (timeout, statuses))
+        time.sleep(0.05)
 
 
 def drain_once(*args, tries=3):
