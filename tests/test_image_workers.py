@@ -4,6 +4,7 @@ the workers whatever they hold.  Work is held in a worker by a gate the test
 controls (tests/gated.py), never by slow work."""
 
 import asyncio
+import hashlib
 import io
 import os
 import signal
@@ -15,7 +16,7 @@ from PIL import Image
 import consumers.processor as processor_module
 from consumers.processor import Processor
 from imaging.process import process
-from imaging.workers import ImageWorkers
+from imaging.workers import ImageWorkers, MemoryFile
 from tests.gated import Gate, Held
 from tests.helpers import eventually
 from tests.processes import WEB_READY, process_env, upload, wait_until
@@ -38,6 +39,24 @@ class Ran:
 
 def where_it_ran(data):
     return Ran(data)
+
+
+class Digest:
+    """What ``digest_of`` returns: the SHA-256 of the bytes the worker was given."""
+
+    def __init__(self, data):
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.data = None
+
+
+def digest_of(data):
+    return Digest(data)
+
+
+def memory_files_open():
+    """How many of this process's descriptors are image memory files."""
+    return sum(os.readlink("/proc/self/fd/" + fd).startswith("/memfd:photo-app-image")
+               for fd in os.listdir("/proc/self/fd") if os.path.exists("/proc/self/fd/" + fd))
 
 
 def kill_this_process(data, settings):
@@ -75,6 +94,47 @@ async def test_the_work_runs_in_another_process_and_the_bytes_do_not_come_back()
     finally:
         workers.close()
     assert not any(alive(pid) for pid in workers.pids())
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_bytes_go_through_a_memory_file_that_is_closed_after(monkeypatch):
+    workers = ImageWorkers(1)
+    sent = []
+    submit = workers._pool.submit
+    monkeypatch.setattr(workers._pool, "submit", lambda fn, *args: sent.append(args)
+                        or submit(fn, *args))
+    try:
+        data = os.urandom(5_000_000)
+        digest = await workers.run(digest_of, data)
+        assert digest.sha256 == hashlib.sha256(data).hexdigest()
+        [(function, handed)] = sent
+        assert function is digest_of
+        assert isinstance(handed, MemoryFile)  # the pid and a descriptor, not the bytes
+        assert memory_files_open() == 0
+    finally:
+        workers.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_worker_that_cannot_read_memory_files_gets_the_bytes_through_the_pipe(
+        monkeypatch, caplog):
+    readable = MemoryFile.of
+
+    def unreadable(data):  # a pid with no /proc entry: what a worker without /proc sees
+        handed = readable(data)
+        handed.pid = 2 ** 30
+        return handed
+    monkeypatch.setattr(MemoryFile, "of", staticmethod(unreadable))
+    workers = ImageWorkers(1)
+    try:
+        data = os.urandom(100_000)
+        digest = await workers.run(digest_of, data)
+        assert digest.sha256 == hashlib.sha256(data).hexdigest()
+        assert workers.memory_files is False
+        assert "through the pipe from now on" in caplog.text
+        assert memory_files_open() == 0
+    finally:
+        workers.close()
 
 
 @pytest.mark.gen_test(timeout=30)
