@@ -37,7 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from broker import Broker, BrokerUnavailable, Message
-from storage.sqlite import connect, transaction
+from storage.sqlite import connect, insert_row, read_blob, transaction
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS broker_messages (
 CREATE INDEX IF NOT EXISTS broker_messages_queue ON broker_messages (queue, id);
 """
 COLUMNS = "routing_key, message_id, content_type, headers, body"
+FIELDS = COLUMNS.split(", ")
 RETRY_DELAY = 1.0  # seconds before a delivery or a delay move that failed is tried again
 
 
@@ -182,17 +183,20 @@ class MemoryBroker(Broker):
 
     @staticmethod
     def _insert(conn, queues, row):
-        """Rows for one message in each of ``queues`` [(name, due)]; their ids."""
-        return [conn.execute("INSERT INTO broker_messages (queue, due, %s) VALUES (?, ?, ?, ?, "
-                             "?, ?, ?)" % COLUMNS, (name, due, *row)).lastrowid
+        """Rows for one message in each of ``queues`` [(name, due)]; their ids.  (The
+        body is written and read by blob I/O: ``storage.sqlite.insert_row``.)"""
+        return [insert_row(conn, "broker_messages", dict(queue=name, due=due,
+                                                         **dict(zip(FIELDS, row))))
                 for name, due in queues]
 
     @staticmethod
     def _read(conn, ids):
         """{id: (routing key, message id, content type, headers, body)} of these rows."""
         rows = conn.execute("SELECT id, %s FROM broker_messages WHERE id IN (%s)"
-                            % (COLUMNS, ",".join("?" * len(ids))), ids).fetchall()
-        return {row[0]: row[1:] for row in rows}
+                            % (COLUMNS.replace("body", "length(body)"),
+                               ",".join("?" * len(ids))), ids).fetchall()
+        return {row[0]: (*row[1:-1], read_blob(conn, "broker_messages", "body", row[0]))
+                for row in rows}
 
     def _take(self, conn, ids):
         """Mark rows delivered and read them."""
