@@ -41,8 +41,8 @@ import uuid
 
 from common import process_cpu_seconds, report, require_wrk, wrk
 from tests.processes import RABBIT_READY, Proc, fetch, process_env, upload, wait_stored
-from upload_throughput import (LOG_FORMAT, Target, amqp_channel, baseline_twin,
-                               check_running, cleanup, make_jpeg, pg_admin, start)
+from upload_throughput import (LOG_FORMAT, Target, amqp_channel, check_running, cleanup,
+                               make_jpeg, pg_admin, start_all)
 
 IMAGE_BYTES = 98_000
 TARGET_RATIO = 0.85  # (b) / (a)
@@ -206,13 +206,7 @@ def main(argv=None):
         if "d" in args.targets:
             targets.append(Target("d", "(d) --role=web, no cache (PostgreSQL)",
                                   ["server.py", "--role=web"], dict(web_env, CACHE="none")))
-        if args.baseline_tree:
-            targets += [baseline_twin(t, args.baseline_tree, tmp)
-                        for t in targets if t.key in ("b", "c")]
-        for target in targets:
-            start(target, tmp)
-        for target in targets:
-            target.proc.wait_ready(target.port, timeout=60)
+        start_all(targets, args.baseline_tree, tmp)
 
         paths = {}
         if services:  # one image in the shared database, stored by a processor

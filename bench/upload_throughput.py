@@ -485,6 +485,18 @@ def start(target, tmp):
                        target.env, pathlib.Path(tmp))
 
 
+def start_all(targets, baseline_tree, tmp):
+    """Add the twins of (b) and (c) from ``baseline_tree`` (if any) to ``targets``, start
+    every target and wait until each answers."""
+    if baseline_tree:
+        targets += [baseline_twin(target, baseline_tree, tmp)
+                    for target in targets if target.key in ("b", "c")]
+    for target in targets:
+        start(target, tmp)
+    for target in targets:
+        target.proc.wait_ready(target.port, timeout=60)
+
+
 def check_running(targets):
     for target in targets:
         if target.proc.popen.poll() is not None:
@@ -801,13 +813,7 @@ def main(argv=None):
                                    "--amqp-url", args.amqp_url, "--publish-prefix", amqp_prefix],
                                   dict(base_env)))
 
-        if args.baseline_tree:
-            targets += [baseline_twin(target, args.baseline_tree, tmp)
-                        for target in targets if target.key in ("b", "c")]
-        for target in targets:
-            start(target, tmp)
-        for target in targets:
-            target.proc.wait_ready(target.port, timeout=60)
+        start_all(targets, args.baseline_tree, tmp)
         print("servers:     " + "; ".join("(%s) pid %d port %d" % (t.key, t.proc.pid, t.port)
                                           for t in targets))
         print()

@@ -66,10 +66,16 @@ async def failed_listing(http_client, base_url):
 
 
 async def delivery_of(context, message_id, target):
+    """The delivery record of ``message_id`` to ``target`` once it is no longer
+    pending: the receiver has the request before the notifier records its answer."""
     storage = context.storage
-    return await storage._run(lambda cursor: storage._get_delivery(cursor, storage._execute(
-        cursor, "SELECT id FROM deliveries WHERE message_id = %s AND target = %s",
-        (message_id, target)).fetchone()[0]))
+
+    async def settled():
+        record = await storage._run(lambda cursor: storage._get_delivery(
+            cursor, storage._execute(cursor, "SELECT id FROM deliveries WHERE message_id = %s "
+                                     "AND target = %s", (message_id, target)).fetchone()[0]))
+        return record if record["status"] != "pending" else None
+    return await eventually(settled)
 
 
 @pytest.mark.gen_test(timeout=60)
