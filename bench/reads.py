@@ -18,7 +18,9 @@ same ~98 KB JPEG:
 The load is wrk (``wrk -t1 -c32 -d8s --latency``; install it with ``apt-get install
 wrk``): one warm-up second, then one measured run per target per round, the order
 of the targets alternating between rounds.  The table reports each target's median
-round (req/s, wrk's p99 latency) and its ratio to (a).  Figures only: nothing here
+round (req/s, wrk's p99 latency) and its ratio to (a); the headline ratios are the
+median over rounds of the ratio within each round (as in upload_throughput.py: a
+drift of the machine between rounds divides out).  Figures only: nothing here
 asserts on time.
 
 ``--baseline-tree DIR`` also runs (b) and (c) from another source tree side by side
@@ -29,6 +31,7 @@ temporary database, the AMQP objects, the Redis keys and the temp dir.
 """
 
 import argparse
+import collections
 import os
 import pathlib
 import re
@@ -42,10 +45,11 @@ import uuid
 from common import process_cpu_seconds, report, require_wrk, wrk
 from tests.processes import RABBIT_READY, Proc, fetch, process_env, upload, wait_stored
 from upload_throughput import (LOG_FORMAT, Target, amqp_channel, check_running, cleanup,
-                               make_jpeg, pg_admin, start_all)
+                               make_jpeg, paired_ratio, pg_admin, start_all)
 
 IMAGE_BYTES = 98_000
 TARGET_RATIO = 0.85  # (b) / (a)
+Round = collections.namedtuple("Round", "rate p99 cpu")  # req/s, wrk's p99 ms, CPU us/req
 
 
 # -- target (a) -------------------------------------------------------------------------
@@ -237,7 +241,7 @@ def main(argv=None):
                 cpu = process_cpu_seconds(target.proc.pid)
                 rate, p99, count, bad, errors = read_url(url, args.duration, args.connections)
                 cpu = 1e6 * (process_cpu_seconds(target.proc.pid) - cpu) / max(count, 1)
-                target.rounds.append((rate, p99, cpu))
+                target.rounds.append(Round(rate, p99, cpu))
                 notes = ("non-2xx: %d" % bad if bad else "") + (" " + errors if errors else "")
                 print("%-5d %-46s %10.0f %9.2f %10.0f  %s"
                       % (number, target.name, rate, p99, cpu, notes), flush=True)
@@ -261,11 +265,17 @@ def main(argv=None):
             print("%-46s %10.0f %9.2f %9s %12.0f %10s"
                   % (target.name, rate, p99, "%.2f" % (rate / bare) if bare else "-", cpu,
                      "%.2f" % (bare_cpu / cpu) if bare_cpu else "-"))
-        if bare:
+        by_key = {target.key: target for target in targets}
+        if "a" in by_key:
+            print("\nHeadline ratios (the median over rounds of the ratio within each round):")
             for key, measure in (("b", "cached read, Redis configured / bare bytes handler"),
                                  ("c", "cached read, embedded / bare bytes handler")):
-                if key in medians:
-                    report(args.report, "reads", measure, round(medians[key][0] / bare, 3),
+                if key in by_key:
+                    value = paired_ratio(by_key[key], by_key["a"])
+                    print("  %-52s %.2f  (rounds: %s)" % (measure, value, " ".join(
+                        "%.2f" % (mine.rate / bare_round.rate) for mine, bare_round
+                        in zip(by_key[key].rounds, by_key["a"].rounds))))
+                    report(args.report, "reads", measure, round(value, 3),
                            ">= %.2f" % TARGET_RATIO if key == "b" else "")
         print("\nTarget: (b)/(a) >= %.2f (req/s).  Client and servers share the cores; "
               "compare ratios within one run.\nCPU us/req: the server process's CPU time "
