@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS broker_messages (
 CREATE INDEX IF NOT EXISTS broker_messages_queue ON broker_messages (queue, id);
 """
 COLUMNS = "routing_key, message_id, content_type, headers, body"
-FIELDS = COLUMNS.split(", ")
+FIELDS = COLUMNS.split(", ")  # the body last
 RETRY_DELAY = 1.0  # seconds before a delivery or a delay move that failed is tried again
 
 
@@ -193,9 +193,8 @@ class MemoryBroker(Broker):
     def _read(conn, ids):
         """{id: (routing key, message id, content type, headers, body)} of these rows."""
         rows = conn.execute("SELECT id, %s FROM broker_messages WHERE id IN (%s)"
-                            % (COLUMNS.replace("body", "length(body)"),
-                               ",".join("?" * len(ids))), ids).fetchall()
-        return {row[0]: (*row[1:-1], read_blob(conn, "broker_messages", "body", row[0]))
+                            % (", ".join(FIELDS[:-1]), ",".join("?" * len(ids))), ids).fetchall()
+        return {row[0]: (*row[1:], read_blob(conn, "broker_messages", "body", row[0]))
                 for row in rows}
 
     def _take(self, conn, ids):

@@ -71,26 +71,26 @@ class ImageWorkers:
         if self.kind == "thread":
             return await loop.run_in_executor(pool, function, data, *args)
         try:
-            if self.memory_files:
-                handed = await loop.run_in_executor(None, MemoryFile.of, data)
-                try:
-                    result = await loop.run_in_executor(pool, without_input, function,
-                                                        handed, *args)
-                except MemoryFileUnreadable as exc:
-                    log.warning("image workers cannot read this process's memory files "
-                                "(%s); the bytes go through the pipe from now on", exc)
-                    self.memory_files = False
-                    return await self.run(function, data, *args)
-                finally:
-                    handed.close()
-            else:
-                result = await loop.run_in_executor(pool, without_input, function, data, *args)
+            result = await self._in_process(loop, pool, function, data, args)
         except BrokenProcessPool:
             self._replace(pool)
             raise
         if result.data is None:
             result.data = data
         return result
+
+    async def _in_process(self, loop, pool, function, data, args):
+        if self.memory_files:
+            handed = await loop.run_in_executor(None, MemoryFile.of, data)
+            try:
+                return await loop.run_in_executor(pool, without_input, function, handed, *args)
+            except MemoryFileUnreadable as exc:
+                log.warning("image workers cannot read this process's memory files (%s); "
+                            "the bytes go through the pipe from now on", exc)
+                self.memory_files = False
+            finally:
+                handed.close()
+        return await loop.run_in_executor(pool, without_input, function, data, *args)
 
     def pids(self):
         """The process ids of the workers running now (none for threads)."""
