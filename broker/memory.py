@@ -251,7 +251,7 @@ class MemoryBroker(Broker):
         now = self.clock()
         queues = [(name, None if self._queues[name].spec.ttl is None
                    else now + self._queues[name].spec.ttl) for name in names]
-        row = (routing_key, message_id, content_type, json.dumps(headers or {}), bytes(body))
+        row = (routing_key, message_id, content_type, json.dumps(headers or {}), body)
         started = time.monotonic()
         written = self._write(self._insert, queues, row)
 

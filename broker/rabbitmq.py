@@ -258,7 +258,9 @@ class RabbitMQBroker(Broker):
         self._next_tag += 1
         self._pending[self._next_tag] = (future, message_id)
         started = time.monotonic()
-        self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=mandatory)
+        # pika takes bytes only (an upload's body is a view into its request's buffer).
+        self._channel.basic_publish(exchange, routing_key, bytes(body), properties,
+                                    mandatory=mandatory)
         del body  # pika's frames hold it now; the confirm may take a while
         # A timer on the future itself (wait_for would add a task per publish); a confirm
         # that comes after it finds the future done and is dropped.

@@ -19,8 +19,9 @@ soon as the database answers.
 ``UploadBody`` is the body-reading part, composed into the handlers of the
 upload routes: the body streams into one buffer sized from ``Content-Length``
 (refused before a byte is read when it is over the size limit, or when the
-uploads in flight already hold ``MAX_INFLIGHT_UPLOAD_BYTES``), and the image is
-sliced out of it with one copy.
+uploads in flight already hold ``MAX_INFLIGHT_UPLOAD_BYTES``), each chunk is
+searched for the multipart delimiters as it arrives, and the image is a view into
+that buffer: no step of the IOLoop scans or copies a whole body.
 """
 
 import asyncio
@@ -180,7 +181,7 @@ class UploadBody:
     request ends, however it ends; an upload past that is answered 503 before
     its body is read."""
 
-    _body, _received, _reserved = None, 0, 0
+    _body, _received, _reserved, _delimiters = None, 0, 0, None
 
     def check_xsrf_cookie(self):
         pass  # anonymous uploads carry no one's authority (README, "XSRF")
@@ -196,6 +197,7 @@ class UploadBody:
             raise self.too_large()  # answered before a byte of the body is read
         self._reserve(self._limit if self._length is None else self._length)
         self._body = bytearray(self._length or 0)
+        self._delimiters = Delimiters.of(self.request.headers.get("Content-Type", ""))
         # A body without Content-Length (chunked) is counted in data_received;
         # Tornado's own cut-off sits above ours so that ours answers first.
         self.request.connection.set_max_body_size(2 * self._limit)
@@ -238,6 +240,8 @@ class UploadBody:
         else:
             self._body += chunk
         self._received = end
+        if self._delimiters is not None:
+            self._delimiters.scan(self._body, end)
 
     def too_large(self):
         return ApiError(413, "image too large", "the limit is %d bytes"
@@ -255,7 +259,8 @@ class UploadBody:
             raise ApiError(400, "bad request", "send multipart/form-data with the fields "
                            "nickname and image_data")
         try:
-            arguments, files = parse_multipart(content_type, body, self.request.headers)
+            arguments, files = parse_multipart(content_type, body, self.request.headers,
+                                               self._delimiters)
         except HTTPInputError as exc:
             raise ApiError(400, "bad request", "malformed multipart body: %s" % exc) from None
         try:
@@ -281,47 +286,90 @@ class UploadBody:
         # right after this returns, with nothing awaited in between.)
         check_broker(self.context, self.request_id)
         self.request_id = self.context.request_ids.issue()
-        # The one copy: the request's buffer goes when this returns.
+        # No copy: the image is a view into the request's buffer, which goes with it.
         return Upload(self.request_id, nickname, uploaded[0].filename or "", mime_type,
-                      bytes(uploaded[0].body))
+                      uploaded[0].body)
 
 
-def parse_multipart(content_type, body, headers):
+def parse_multipart(content_type, body, headers, delimiters=None):
     """``(arguments, files)`` of a multipart/form-data ``body``, as Tornado's
     ``parse_body_arguments`` gives them (same rules, same errors), except that
     each value is a memoryview into ``body`` instead of a copy: Tornado's parser
-    copies the body twice more (``data[:end].split(...)``, then each part's value)."""
+    copies the body twice more (``data[:end].split(...)``, then each part's value).
+    ``delimiters``: the body's ``Delimiters``, found as it arrived; without them
+    the whole body is searched here."""
     if "Content-Encoding" in headers:
         raise HTTPInputError("Unsupported Content-Encoding: %s" % headers["Content-Encoding"])
     try:
-        fields = content_type.split(";")
-        if fields[0].strip() != "multipart/form-data":
-            raise HTTPInputError("Invalid content type")
-        for field in fields:
-            key, _, value = field.strip().partition("=")
-            if key == "boundary" and value:
-                return _parts(value.encode("utf-8"), body)
-        raise HTTPInputError("multipart boundary not found")
+        boundary = multipart_boundary(content_type)
+        if delimiters is None or delimiters.boundary != boundary:
+            delimiters = Delimiters(boundary)
+        return _parts(delimiters, body)
     except Exception as exc:
         raise HTTPInputError("Invalid multipart/form-data: %s" % exc) from exc
 
 
-def _parts(boundary, body):
-    if boundary.startswith(b'"') and boundary.endswith(b'"'):
-        boundary = boundary[1:-1]
-    final = body.rfind(b"--" + boundary + b"--")
+def multipart_boundary(content_type):
+    """The boundary (bytes) of a multipart/form-data ``content_type``."""
+    fields = content_type.split(";")
+    if fields[0].strip() != "multipart/form-data":
+        raise HTTPInputError("Invalid content type")
+    for field in fields:
+        key, _, value = field.strip().partition("=")
+        if key == "boundary" and value:
+            boundary = value.encode("utf-8")
+            if boundary.startswith(b'"') and boundary.endswith(b'"'):
+                boundary = boundary[1:-1]
+            return boundary
+    raise HTTPInputError("multipart boundary not found")
+
+
+class Delimiters:
+    """Where the delimiter lines (``--boundary\\r\\n``) of a multipart body are,
+    found while the body arrives: each chunk is searched once, as it comes, rather
+    than the whole body in one IOLoop step at its end (1-2 ms for 4.4 MB, while
+    every other request waits).  The same positions, left to right and not
+    overlapping, as one ``find`` after another over the whole body; at most
+    ``MAX_PARTS`` of them (a body with that many is refused)."""
+
+    def __init__(self, boundary):
+        self.boundary = boundary
+        self.delimiter = b"--" + boundary + b"\r\n"
+        self.found = []
+        self.scanned = 0  # where the next search starts
+
+    @classmethod
+    def of(cls, content_type):
+        """Those of a body of ``content_type``; None when it has no boundary (the
+        body is refused when it is parsed)."""
+        try:
+            return cls(multipart_boundary(content_type))
+        except HTTPInputError:
+            return None
+
+    def scan(self, body, end):
+        """Search ``body[:end]`` from where the last search left off."""
+        size = len(self.delimiter)
+        while len(self.found) < MAX_PARTS:
+            found = body.find(self.delimiter, self.scanned, end)
+            if found == -1:
+                break
+            self.found.append(found)
+            self.scanned = found + size
+        self.scanned = max(self.scanned, end - size + 1)  # one may straddle the next chunk
+
+
+def _parts(delimiters, body):
+    final = body.rfind(b"--" + delimiters.boundary + b"--")
     if final == -1:
         raise HTTPInputError("Invalid multipart/form-data: no final boundary found")
-    delimiter = b"--" + boundary + b"\r\n"
-    spans, start = [], 0
-    while True:
-        found = body.find(delimiter, start, final)
-        spans.append((start, final if found == -1 else found))
-        if found == -1:
-            break
-        if len(spans) >= MAX_PARTS:
-            raise HTTPInputError("multipart/form-data has too many parts")
-        start = found + len(delimiter)
+    if not delimiters.scanned:  # not searched as it arrived
+        delimiters.scan(body, final)
+    size = len(delimiters.delimiter)
+    found = [at for at in delimiters.found if at + size <= final]
+    if len(found) >= MAX_PARTS:
+        raise HTTPInputError("multipart/form-data has too many parts")
+    spans = zip([0] + [at + size for at in found], found + [final])
     view, arguments, files = memoryview(body), {}, {}
     for start, end in spans:
         if start == end:
