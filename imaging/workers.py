@@ -9,14 +9,16 @@ and returns its ``ProcessedImage``.
 process's interpreter lock, which the IOLoop needs to answer requests.  They are
 forked by a fork server (``forkserver``: this process runs threads, and forking it
 would be unsafe) that imported ``imaging.process`` once; they start when work first
-comes.  The image's bytes go to a worker once, and what comes back is the result
+comes.  Work is handed to the pool from a thread of this process, never the
+IOLoop: starting a worker waits on the fork server (about 100 ms for the first).
+The image's bytes go to a worker once, and what comes back is the result
 without them when they are the stored original unchanged (the caller has them).
-On Linux the bytes go through a memory file (``memfd_create``, written by a thread
-of this process, read by the worker through ``/proc/<pid>/fd``) rather than the
-pool's pipe: two copies instead of four, no pickling of megabytes under this
-process's interpreter lock, and a fifth of the CPU time (measured: 5 ms against
-18 ms for 4.4 MB).  The file is closed when the call ends, so nothing outlives
-it; where a worker cannot read it, the pipe serves from then on.
+On Linux the bytes go through a memory file (``memfd_create``, written by that
+thread, read by the worker through ``/proc/<pid>/fd``) rather than the pool's
+pipe: two copies instead of four, no pickling of megabytes under this process's
+interpreter lock, and a fifth of the CPU time (measured: 5 ms against 18 ms for
+4.4 MB).  The file is closed when the worker is done with it, so nothing
+outlives the call; where a worker cannot read it, the pipe serves from then on.
 A worker runs at a lower CPU priority than the server (``WORKER_NICENESS``: where
 they compete for a core, the IOLoop gets it), ignores SIGINT and SIGTERM (a
 Ctrl-C or a service manager's stop signal reaches the whole process group: the
@@ -81,16 +83,15 @@ class ImageWorkers:
 
     async def _in_process(self, loop, pool, function, data, args):
         if self.memory_files:
-            handed = await loop.run_in_executor(None, MemoryFile.of, data)
             try:
-                return await loop.run_in_executor(pool, without_input, function, handed, *args)
+                return await asyncio.wrap_future(await loop.run_in_executor(
+                    None, _submit, pool, function, data, args, True))
             except MemoryFileUnreadable as exc:
                 log.warning("image workers cannot read this process's memory files (%s); "
                             "the bytes go through the pipe from now on", exc)
                 self.memory_files = False
-            finally:
-                handed.close()
-        return await loop.run_in_executor(pool, without_input, function, data, *args)
+        return await asyncio.wrap_future(await loop.run_in_executor(
+            None, _submit, pool, function, data, args, False))
 
     def pids(self):
         """The process ids of the workers running now (none for threads)."""
@@ -109,6 +110,22 @@ class ImageWorkers:
         """Stop the workers at once: the server's shutdown gave up on what they
         still run (its messages went back to their queues)."""
         _end(self._pool, wait=True)
+
+
+def _submit(pool, function, data, args, memory_file):
+    """In a thread of this process: the pool's future of ``function(data, *args)``,
+    the bytes handed over in a memory file when ``memory_file``, closed once the
+    work is done (however the caller fares meanwhile)."""
+    if not memory_file:
+        return pool.submit(without_input, function, data, *args)
+    handed = MemoryFile.of(data)
+    try:
+        done = pool.submit(without_input, function, handed, *args)
+    except BaseException:
+        handed.close()
+        raise
+    done.add_done_callback(lambda _: handed.close())
+    return done
 
 
 def _end(pool, wait):

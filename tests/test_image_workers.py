@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import signal
+import threading
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -97,17 +98,19 @@ async def test_the_work_runs_in_another_process_and_the_bytes_do_not_come_back()
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_the_bytes_go_through_a_memory_file_that_is_closed_after(monkeypatch):
+async def test_the_bytes_go_through_a_memory_file_handed_over_off_the_ioloop(monkeypatch):
     workers = ImageWorkers(1)
     sent = []
     submit = workers._pool.submit
-    monkeypatch.setattr(workers._pool, "submit", lambda fn, *args: sent.append(args)
-                        or submit(fn, *args))
+    monkeypatch.setattr(workers._pool, "submit", lambda fn, *args: sent.append(
+        (threading.current_thread(), args)) or submit(fn, *args))
     try:
         data = os.urandom(5_000_000)
         digest = await workers.run(digest_of, data)
         assert digest.sha256 == hashlib.sha256(data).hexdigest()
-        [(function, handed)] = sent
+        [(thread, (function, handed))] = sent
+        # Submitting may start a worker, which waits on the fork server: not on the IOLoop.
+        assert thread is not threading.main_thread()
         assert function is digest_of
         assert isinstance(handed, MemoryFile)  # the pid and a descriptor, not the bytes
         assert memory_files_open() == 0
