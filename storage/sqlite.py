@@ -18,6 +18,11 @@ from storage.sql import SQLStorage
 BUSY_TIMEOUT = 30  # seconds a connection waits for another's lock
 # Bytes values at least this long go through SQLite's incremental blob I/O.
 BLOB_IO_BYTES = 64 * 1024
+# The page size of a new database file: SQLite's largest.  An image is a chain of
+# overflow pages; 64 KiB pages make that chain 16 times shorter than the default
+# 4 KiB, and storing, reading and deleting a 4.4 MB body costs the writing thread
+# about half the CPU time (bench/sqlite_pages.py: 6.6 ms against 12.9 ms).
+PAGE_SIZE = 65536
 
 
 def _enable_wal(conn):
@@ -43,6 +48,7 @@ def connect(path, synchronous="NORMAL"):
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
                            check_same_thread=False)
     try:
+        conn.execute("PRAGMA page_size=%d" % PAGE_SIZE)  # a new file's; an old one keeps its own
         _enable_wal(conn)
         conn.execute("PRAGMA synchronous=%s" % synchronous)
         conn.execute("PRAGMA foreign_keys=ON")

@@ -7,6 +7,7 @@ questions from the same starting point.
 
 import asyncio
 import hashlib
+import sqlite3
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from tests.conftest import ROOT, free_port
 from storage import FAILED, PROCESSING, REFUSED, STORED, NewImage, StorageError
 from storage.postgres import PostgresStorage
 from storage.sql import MIGRATIONS
-from storage.sqlite import SQLiteStorage
+from storage.sqlite import PAGE_SIZE, SQLiteStorage
 
 BACKENDS = ["sqlite", "postgres"]
 SCHEMA_TABLES = {"images", "uploads", "events_done", "schema_version"}
@@ -126,7 +127,7 @@ MIGRATE_SCRIPT = """
 import asyncio, sys, time
 sys.path.insert(0, sys.argv[1])
 from storage.postgres import PostgresStorage
-from storage.sqlite import SQLiteStorage
+from storage.sqlite import PAGE_SIZE, SQLiteStorage
 
 backend, database, start = sys.argv[2], sys.argv[3], float(sys.argv[4])
 
@@ -216,6 +217,33 @@ async def test_a_database_of_the_schema_before_is_migrated_to_external_storage(
     assert await bytea_storage(empty_storage) == {column: "e" for column in BYTEA_COLUMNS}
     assert (await empty_storage.get_image_content(old["id"]))[0] == COMPRESSIBLE
     await assert_bytes_stored_uncompressed(empty_storage)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_new_sqlite_database_has_64_kib_pages(storage):
+    assert await query(storage, "PRAGMA page_size") == [(PAGE_SIZE,)] == [(65536,)]
+    big = ALL_BYTES * 20  # past BLOB_IO_BYTES: written and read through blob I/O
+    stored = await storage.store_image("r-big", new_image(big))
+    assert (await storage.get_image_content(stored["id"]))[0] == big
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_sqlite_database_made_with_4_kib_pages_keeps_them_and_works(database):
+    made = sqlite3.connect(database)  # as every version before 64 KiB pages made them
+    made.execute("PRAGMA page_size=4096")
+    made.execute("CREATE TABLE made_before (x)")
+    made.close()
+    store = SQLiteStorage(database, threads=4)
+    try:
+        await store.migrate()
+        big = ALL_BYTES * 20
+        stored = await store.store_image("r-big", new_image(big))
+        assert (await store.get_image_content(stored["id"]))[0] == big
+        assert await query(store, "PRAGMA page_size") == [(4096,)]
+    finally:
+        await store.close()
 
 
 # -- uploads -------------------------------------------------------------------
