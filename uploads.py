@@ -117,7 +117,7 @@ class Upload:
     nickname: str
     filename: str
     mime_type: str
-    data: bytes  # in the web tier, a memoryview into the request's body
+    data: bytes | memoryview  # in the web tier, a view into the request's body
 
     def publish_args(self, **headers):
         """Keyword arguments for ``Broker.publish`` (after exchange and routing key):

@@ -70,7 +70,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def serve_minimal(port, address, amqp_url=None, amqp_prefix=None):
     """(a) without ``amqp_url``: read and parse the upload as the app does (one
-    buffer, handlers.upload.parse_multipart), answer 202.  (d) with it: the same,
+    buffer, its delimiters searched as it arrives, handlers.upload.parse_multipart;
+    the image a view into the buffer), answer 202.  (d) with it: the same,
     then publish it (persistent, mandatory) on one confirm-mode channel and answer
     202 once its confirm came, 503 on a nack or a return; publishes of all the
     requests in flight are outstanding at once (pipelined confirms)."""
@@ -80,7 +81,7 @@ def serve_minimal(port, address, amqp_url=None, amqp_prefix=None):
     import tornado.web
     from tornado.httputil import HTTPInputError
 
-    from handlers.upload import parse_multipart
+    from handlers.upload import Delimiters, parse_multipart
 
     # The same logging set-up as server.py, so both pay for the access log alike.
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
@@ -95,12 +96,15 @@ def serve_minimal(port, address, amqp_url=None, amqp_prefix=None):
             if length is not None and length.isdigit() and int(length) > BARE_BODY_LIMIT:
                 raise tornado.web.HTTPError(413)
             self._body, self._received = bytearray(int(length or 0)), 0
+            self._delimiters = Delimiters.of(self.request.headers.get("Content-Type", ""))
             self.request.connection.set_max_body_size(BARE_BODY_LIMIT)
 
         def data_received(self, chunk):
             end = self._received + len(chunk)
             self._body[self._received:end] = chunk
             self._received = end
+            if self._delimiters is not None:
+                self._delimiters.scan(self._body, end)
 
         async def post(self):
             body, self._body = self._body, None
@@ -108,17 +112,19 @@ def serve_minimal(port, address, amqp_url=None, amqp_prefix=None):
             if not content_type.startswith("multipart/form-data"):
                 raise tornado.web.HTTPError(400)
             try:
-                arguments, files = parse_multipart(content_type, body, self.request.headers)
+                arguments, files = parse_multipart(content_type, body, self.request.headers,
+                                                   self._delimiters)
             except HTTPInputError:
                 raise tornado.web.HTTPError(400) from None
             uploaded = files.get("image_data")
             if not uploaded or not len(uploaded[0].body):
                 raise tornado.web.HTTPError(400)
-            data = bytes(uploaded[0].body)  # the app's one copy
+            data = uploaded[0].body  # a view, as in the app
             request_id = uuid.uuid4().hex
             if publisher is not None:
                 nickname = bytes(arguments.get("nickname", [b""])[0]).decode("utf-8")
-                if not await publisher.publish(data, request_id, nickname,
+                # pika takes bytes: the app's RabbitMQ publish makes the same copy.
+                if not await publisher.publish(bytes(data), request_id, nickname,
                                                uploaded[0].filename or ""):
                     raise tornado.web.HTTPError(503)
             self.set_status(202)

@@ -21,7 +21,8 @@ upload routes: the body streams into one buffer sized from ``Content-Length``
 (refused before a byte is read when it is over the size limit, or when the
 uploads in flight already hold ``MAX_INFLIGHT_UPLOAD_BYTES``), each chunk is
 searched for the multipart delimiters as it arrives, and the image is a view into
-that buffer: no step of the IOLoop scans or copies a whole body.
+that buffer: for a well-formed body no step of the IOLoop scans it whole, and the
+in-process broker writes the view (RabbitMQ's client, pika, takes a bytes copy).
 """
 
 import asyncio
@@ -188,7 +189,7 @@ class UploadBody:
 
     def prepare(self):
         super().prepare()
-        self._body, self._received, self._reserved = None, 0, 0
+        self._body, self._received, self._reserved, self._delimiters = None, 0, 0, None
         if self.request.method != "POST":
             return
         self._limit = self.config.max_upload_bytes + MULTIPART_OVERHEAD

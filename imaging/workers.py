@@ -17,8 +17,9 @@ On Linux the bytes go through a memory file (``memfd_create``, written by that
 thread, read by the worker through ``/proc/<pid>/fd``) rather than the pool's
 pipe: two copies instead of four, no pickling of megabytes under this process's
 interpreter lock, and a fifth of the CPU time (measured: 5 ms against 18 ms for
-4.4 MB).  The file is closed when the worker is done with it, so nothing
-outlives the call; where a worker cannot read it, the pipe serves from then on.
+4.4 MB).  The file is closed when the worker is done with it (also when the
+caller gave up waiting), never while a worker may still open it; where a worker
+cannot read it, the pipe serves from then on.
 A worker runs at a lower CPU priority than the server (``WORKER_NICENESS``: where
 they compete for a core, the IOLoop gets it), ignores SIGINT and SIGTERM (a
 Ctrl-C or a service manager's stop signal reaches the whole process group: the
