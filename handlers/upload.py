@@ -364,8 +364,7 @@ def _parts(delimiters, body):
     final = body.rfind(b"--" + delimiters.boundary + b"--")
     if final == -1:
         raise HTTPInputError("Invalid multipart/form-data: no final boundary found")
-    if not delimiters.scanned:  # not searched as it arrived
-        delimiters.scan(body, final)
+    delimiters.scan(body, len(body))  # what did not arrive through data_received, if any
     size = len(delimiters.delimiter)
     found = [at for at in delimiters.found if at + size <= final]
     if len(found) >= MAX_PARTS:
