@@ -22,6 +22,7 @@ from handlers import log_request, make_app
 from handlers.metrics import metrics_app
 from handlers.upload import MULTIPART_OVERHEAD
 from logs import setup_logging
+from priority import helper_executor
 from storage import StorageError
 
 log = logging.getLogger("photo_app")
@@ -78,6 +79,9 @@ def shutdown_signal():
 
 
 async def serve(config):
+    # Blocking calls made for the IOLoop without an executor of their own (handing
+    # work to the image workers, name lookups) run in threads below it too.
+    asyncio.get_running_loop().set_default_executor(helper_executor("asyncio"))
     stop = shutdown_signal()
     context = await open_context(config)
     consumers = start_consumers(context)

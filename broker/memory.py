@@ -34,9 +34,9 @@ import logging
 import os
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from broker import Broker, BrokerUnavailable, Message
+from priority import helper_executor
 from storage.sqlite import connect, insert_row, read_blob, transaction
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class MemoryBroker(Broker):
     # -- the contract -----------------------------------------------------------
 
     async def start(self):
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="broker")
+        self._executor = helper_executor("broker", 1)
         rows = await self._in_thread(self._open_db)
         for row_id, name, delivered, due in rows:
             self._enqueue(name, _Entry(row_id, bool(delivered), due))

@@ -20,8 +20,8 @@ interpreter lock, and a fifth of the CPU time (measured: 5 ms against 18 ms for
 4.4 MB).  The file is closed when the worker is done with it (also when the
 caller gave up waiting), never while a worker may still open it; where a worker
 cannot read it, the pipe serves from then on.
-A worker runs at a lower CPU priority than the server (``WORKER_NICENESS``: where
-they compete for a core, the IOLoop gets it), ignores SIGINT and SIGTERM (a
+A worker runs at the lowest CPU priority (``priority.py``: where they compete for a
+core, the IOLoop and its helper threads get it), ignores SIGINT and SIGTERM (a
 Ctrl-C or a service manager's stop signal reaches the whole process group: the
 server decides what finishes) and ends when the server process ends, however it
 ends.
@@ -45,12 +45,12 @@ import signal
 import threading
 from concurrent.futures.process import BrokenProcessPool
 
+from priority import helper_executor, lower_this_process
+
 log = logging.getLogger(__name__)
 
 # What the fork server imports once, for every worker it forks.
 PRELOAD = ["imaging.process", "imaging.workers"]
-# How much lower the workers' CPU priority is than the server's (nice(2)).
-WORKER_NICENESS = 10
 
 
 class ImageWorkers:
@@ -62,7 +62,7 @@ class ImageWorkers:
 
     def _new_pool(self):
         if self.kind == "thread":
-            return concurrent.futures.ThreadPoolExecutor(self.count, thread_name_prefix="image")
+            return helper_executor("image", self.count)
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
         return concurrent.futures.ProcessPoolExecutor(
@@ -190,7 +190,7 @@ def start_worker(server_pid):
     """A worker's first step: yield the CPU to the server's IOLoop (a lower priority:
     on a busy host requests are answered first, images made meanwhile), ignore the
     signals meant for the server, and end with it."""
-    os.nice(WORKER_NICENESS)
+    lower_this_process()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_end_with, args=(server_pid,), name="end-with-server",

@@ -6,11 +6,11 @@ once here, with ``%s`` placeholders that SQLite's subclass turns into ``?``.
 """
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 import json
 import secrets
 from datetime import datetime, timezone
 
+from priority import helper_executor
 from storage import (DEAD, DELETED, FAILED, GONE, PENDING, PROCESSING, QUEUED, REFUSED,
                      STORED, Storage, StorageError)
 
@@ -173,7 +173,7 @@ class SQLStorage(Storage):
     passed_errors = ()
 
     def __init__(self, threads):
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="storage")
+        self._executor = helper_executor("storage", threads)
 
     # -- plumbing ---------------------------------------------------------
 
