@@ -256,8 +256,9 @@ def child_pids(pid):
     return children + [grandchild for child in children for grandchild in child_pids(child)]
 
 
-def test_the_workers_end_with_a_killed_server(spawn, tmp_path):
-    """A server killed (SIGKILL) while its workers are held leaves no worker behind."""
+def server_with_both_workers_held(spawn, tmp_path):
+    """A server on the embedded defaults with two image workers, each holding an
+    upload at the gate; the server and the gate."""
     gate = Gate(tmp_path / "images")
     port = conftest.free_port()
     server = spawn("server", gate.command("--port", str(port)),
@@ -267,6 +268,12 @@ def test_the_workers_end_with_a_killed_server(spawn, tmp_path):
         code, _body = upload(port, make_upload().data, nickname="held-%d" % n)
         assert code == 202
     gate.wait_entered(2)
+    return server, gate
+
+
+def test_the_workers_end_with_a_killed_server(spawn, tmp_path):
+    """A server killed (SIGKILL) while its workers are held leaves no worker behind."""
+    server, _gate = server_with_both_workers_held(spawn, tmp_path)
     workers = child_pids(server.pid)
     assert len(workers) >= 3, workers  # the fork server and two workers
     assert server.stop(signal.SIGKILL) == -signal.SIGKILL

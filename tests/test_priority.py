@@ -8,11 +8,7 @@ import sys
 import pytest
 
 from priority import HELPER_NICENESS, WORKER_NICENESS
-from tests import conftest
-from tests.gated import Gate
-from tests.processes import WEB_READY, process_env, upload
-from tests.test_consumers import make_upload
-from tests.test_image_workers import child_pids
+from tests.test_image_workers import child_pids, server_with_both_workers_held
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
 
@@ -29,15 +25,8 @@ def parent(pid):
 
 
 def test_every_thread_but_the_ioloops_runs_below_it_and_image_workers_lowest(spawn, tmp_path):
-    gate = Gate(tmp_path / "images")
-    port = conftest.free_port()
-    server = spawn("server", gate.command("--port", str(port)),
-                   process_env(SQLITE_DB_PATH=tmp_path / "photos.db", IMAGE_WORKERS=2),
-                   ready=WEB_READY)
-    for n in range(2):
-        code, _body = upload(port, make_upload().data, nickname="held-%d" % n)
-        assert code == 202
-    gate.wait_entered(2)  # both workers started and busy; uploads went through the broker
+    # both workers started and busy; the uploads went through the broker
+    server, gate = server_with_both_workers_held(spawn, tmp_path)
 
     own = os.getpriority(os.PRIO_PROCESS, 0)
     threads = {int(tid): niceness("/proc/%d/task/%s/stat" % (server.pid, tid))
