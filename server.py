@@ -22,7 +22,7 @@ from handlers import log_request, make_app
 from handlers.metrics import metrics_app
 from handlers.upload import MULTIPART_OVERHEAD
 from logs import setup_logging
-from priority import helper_executor
+from priority import hand_over_the_interpreter_promptly, helper_executor
 from storage import StorageError
 
 log = logging.getLogger("photo_app")
@@ -126,6 +126,7 @@ def main(argv=None):
         print("photo-app: configuration error: %s" % exc, file=sys.stderr)
         sys.exit(2)
     setup_logging(config.log_format, config.log_level)
+    hand_over_the_interpreter_promptly()
     try:
         asyncio.run(serve(config))
     except StorageError as exc:

@@ -1,16 +1,16 @@
 """CPU priorities (priority.py): in a running server every thread but the IOLoop's
-runs below it, and the image workers lowest of all.  Read off the real process
-while image work is held in its workers by a gate (tests/gated.py)."""
+runs below it, and the image workers lowest of all (read off the real process
+while image work is held in its workers by a gate, tests/gated.py); and the server
+runs its IOLoop with the interpreter's switch interval at ``SWITCH_INTERVAL``."""
 
 import os
 import sys
 
 import pytest
 
-from priority import HELPER_NICENESS, WORKER_NICENESS
+import server as server_module
+from priority import HELPER_NICENESS, SWITCH_INTERVAL, WORKER_NICENESS
 from tests.test_image_workers import child_pids, server_with_both_workers_held
-
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
 
 
 def niceness(stat_path):
@@ -24,6 +24,7 @@ def parent(pid):
         return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
 def test_every_thread_but_the_ioloops_runs_below_it_and_image_workers_lowest(spawn, tmp_path):
     # both workers started and busy; the uploads went through the broker
     server, gate = server_with_both_workers_held(spawn, tmp_path)
@@ -40,3 +41,20 @@ def test_every_thread_but_the_ioloops_runs_below_it_and_image_workers_lowest(spa
     assert len(workers) >= 2, workers  # forked by the fork server, the server's child
     assert {niceness("/proc/%d/stat" % pid) for pid in workers} == {WORKER_NICENESS}
     gate.open()
+
+
+def test_the_server_runs_its_ioloop_with_a_short_switch_interval(monkeypatch):
+    default = sys.getswitchinterval()
+    assert default != SWITCH_INTERVAL  # Python's own, 5 ms: what the server changes
+    seen = []
+
+    def run(coroutine):  # instead of serving: what the IOLoop would run with
+        seen.append(sys.getswitchinterval())
+        coroutine.close()
+    monkeypatch.setattr(server_module, "setup_logging", lambda *args: None)
+    monkeypatch.setattr(server_module.asyncio, "run", run)
+    try:
+        server_module.main([])
+    finally:
+        sys.setswitchinterval(default)
+    assert seen == [SWITCH_INTERVAL]
