@@ -508,7 +508,7 @@ def round_order(targets, number):
     """The targets in round ``number``'s order: a b c d, d c b a, a b d c, c d b a, ...
     Every other pair of rounds (c) and (d) trade places, so that each of them runs
     right after (b) equally often: whichever RabbitMQ target follows (b) measures
-    slower (RabbitMQ sat idle through (b) and its drain), 0.69-0.89x the other."""
+    slower (RabbitMQ sat idle through (b) and its drain), 0.64-0.89x the other."""
     order = list(targets if number % 2 else targets[::-1])
     keys = [target.key for target in order]
     if (number - 1) // 2 % 2 and "c" in keys and "d" in keys:
