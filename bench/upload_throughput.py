@@ -96,16 +96,14 @@ def serve_minimal(port, address, amqp_url=None, amqp_prefix=None):
             length = self.request.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > BARE_BODY_LIMIT:
                 raise tornado.web.HTTPError(413)
-            self._body, self._received = bytearray(int(length or 0)), 0
+            self._body = bytearray()  # grown as the chunks arrive, as in the app
             self._delimiters = Delimiters.of(self.request.headers.get("Content-Type", ""))
             self.request.connection.set_max_body_size(BARE_BODY_LIMIT)
 
         def data_received(self, chunk):
-            end = self._received + len(chunk)
-            self._body[self._received:end] = chunk
-            self._received = end
+            self._body += chunk
             if self._delimiters is not None:
-                self._delimiters.scan(self._body, end)
+                self._delimiters.scan(self._body, len(self._body))
 
         async def post(self):
             body, self._body = self._body, None

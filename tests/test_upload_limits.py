@@ -1,10 +1,15 @@
 """The upload size limit: judged from Content-Length before the body is read,
 counted while a chunked body streams in, and checked on the file itself."""
 
+import asyncio
 import json
 import socket
+import threading
+import tracemalloc
 
 import pytest
+
+from handlers import upload as upload_module
 
 from tests.helpers import make_image, multipart, post_upload
 
@@ -99,3 +104,38 @@ async def test_a_refused_upload_leaves_the_service_healthy(http_client, base_url
     assert health.code == 200
     response = await post_upload(http_client, base_url, "small", make_image())
     assert response.code == 202
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_body_holds_only_the_bytes_that_have_arrived(http_server, http_port, context,
+                                                             io_loop):
+    """The buffer grows with the body, so no IOLoop step zeroes a whole upload's
+    worth of memory up front (and a client that declares a large body but sends
+    little holds little)."""
+    declared, sent = 90_000, 1_000
+    connected, done = threading.Event(), threading.Event()
+
+    def send_the_start():
+        with socket.create_connection(("127.0.0.1", http_port)) as sock:
+            sock.sendall(b"POST /api/images HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (declared, b"x" * sent))
+            connected.set()
+            done.wait(20)
+
+    def held_by_the_upload_body():
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(True, upload_module.__file__)])
+        return sum(stat.size for stat in snapshot.statistics("filename"))
+
+    tracemalloc.start()
+    client = io_loop.run_in_executor(None, send_the_start)
+    try:
+        # Until the handler holds what was sent (counted from its reservation on).
+        while context.inflight_upload_bytes < declared or held_by_the_upload_body() < sent:
+            await asyncio.sleep(0.01)
+        assert held_by_the_upload_body() < 2 * sent
+    finally:
+        done.set()
+        tracemalloc.stop()
+        await client
