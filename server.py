@@ -22,7 +22,8 @@ from handlers import log_request, make_app
 from handlers.metrics import metrics_app
 from handlers.upload import MULTIPART_OVERHEAD
 from logs import setup_logging
-from priority import hand_over_the_interpreter_promptly, helper_executor
+from priority import (hand_over_the_interpreter_promptly, helper_executor,
+                      preempt_for_the_ioloop)
 from storage import StorageError
 
 log = logging.getLogger("photo_app")
@@ -127,6 +128,7 @@ def main(argv=None):
         sys.exit(2)
     setup_logging(config.log_format, config.log_level)
     hand_over_the_interpreter_promptly()
+    preempt_for_the_ioloop()
     try:
         asyncio.run(serve(config))
     except StorageError as exc:
