@@ -134,7 +134,8 @@ async def test_a_body_holds_only_the_bytes_that_have_arrived(http_server, http_p
         # Until the handler holds what was sent (counted from its reservation on).
         while context.inflight_upload_bytes < declared or held_by_the_upload_body() < sent:
             await asyncio.sleep(0.01)
-        assert held_by_the_upload_body() < 2 * sent
+        # about the 1,000 bytes sent (1,571 measured), nowhere near the 90,000 declared
+        assert held_by_the_upload_body() < declared // 10
     finally:
         done.set()
         tracemalloc.stop()
