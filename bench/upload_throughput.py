@@ -103,7 +103,7 @@ def serve_minimal(port, address, amqp_url=None, amqp_prefix=None):
         def data_received(self, chunk):
             self._body += chunk
             if self._delimiters is not None:
-                self._delimiters.scan(self._body, len(self._body))
+                self._delimiters.scan(self._body)
 
         async def post(self):
             body, self._body = self._body, None

@@ -242,7 +242,7 @@ class UploadBody:
             return
         self._body += chunk
         if self._delimiters is not None:
-            self._delimiters.scan(self._body, len(self._body))
+            self._delimiters.scan(self._body)
 
     def too_large(self):
         return ApiError(413, "image too large", "the limit is %d bytes"
@@ -348,8 +348,9 @@ class Delimiters:
         except HTTPInputError:
             return None
 
-    def scan(self, body, end):
-        """Search ``body[:end]`` from where the last search left off."""
+    def scan(self, body):
+        """Search ``body``, the body so far, from where the last search left off."""
+        end = len(body)
         size = len(self.delimiter)
         while len(self.found) < MAX_PARTS:
             found = body.find(self.delimiter, self.scanned, end)
@@ -364,7 +365,7 @@ def _parts(delimiters, body):
     final = body.rfind(b"--" + delimiters.boundary + b"--")
     if final == -1:
         raise HTTPInputError("Invalid multipart/form-data: no final boundary found")
-    delimiters.scan(body, len(body))  # what did not arrive through data_received, if any
+    delimiters.scan(body)  # what did not arrive through data_received, if any
     size = len(delimiters.delimiter)
     found = [at for at in delimiters.found if at + size <= final]
     if len(found) >= MAX_PARTS:

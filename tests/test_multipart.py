@@ -26,15 +26,13 @@ def parsed(content_type, body, delimiters=None):
 def arrived(content_type, body, sizes):
     """``body`` received in chunks of ``sizes`` (the last size repeated), searched as
     UploadBody.data_received searches it: the buffer and its Delimiters."""
-    buffer, delimiters, received = bytearray(len(body)), Delimiters.of(content_type), 0
+    buffer, delimiters = bytearray(), Delimiters.of(content_type)
     for size in iter_sizes(sizes):
-        if received >= len(body):
+        if len(buffer) >= len(body):
             break
-        chunk = body[received:received + size]
-        buffer[received:received + len(chunk)] = chunk
-        received += len(chunk)
+        buffer += body[len(buffer):len(buffer) + size]
         if delimiters is not None:
-            delimiters.scan(buffer, received)
+            delimiters.scan(buffer)
     return buffer, delimiters
 
 
